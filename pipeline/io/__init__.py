@@ -1,0 +1,1 @@
+"""Readers, writers and intermediates: everything that touches files."""
