@@ -1,15 +1,17 @@
 """The `pipeline` command. Exit codes: 0 success, 1 failure while running, 2 user error."""
 
 import argparse
+import importlib
 import os
 import sys
 
 from rich.console import Console
 
+from pipeline.commands import COMMAND_MODULES
 from pipeline.errors import RunFailure, UserError
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, like every other user error
         raise UserError(f"{self.prog}: {message}")
 
@@ -65,8 +67,8 @@ def _ingest(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pipeline", description="codecurate: curate code corpora into clean Parquet shards")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="pipeline", description="codecurate: curate code corpora into clean Parquet shards")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     run = sub.add_parser("run", help="run a config's stages over its inputs")
     run.add_argument("config")
@@ -94,27 +96,32 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--workers", type=int, default=2)
     ing.add_argument("--overwrite", action="store_true")
     ing.set_defaults(func=_ingest)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    err = Console(stderr=True, highlight=False)
+    def err(message: str) -> None:  # plain print: one line, never wrapped
+        print(message, file=sys.stderr)
+
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except UserError as e:
-        err.print(f"error: {e}", markup=False)
+        err(f"error: {e}")
         return 2
     except RunFailure as e:
-        err.print(f"failed: {e}", markup=False)
+        err(f"failed: {e}")
         return 1
     except KeyboardInterrupt:
-        err.print("interrupted: resume with --resume", markup=False)
+        err("interrupted: resume with --resume")
         return 130
     except Exception as e:  # a bug of ours: still one line, the traceback only with CODECURATE_DEBUG=1
         if os.environ.get("CODECURATE_DEBUG"):
             raise
-        err.print(f"failed: {type(e).__name__}: {e}", markup=False)
+        err(f"failed: {type(e).__name__}: {e}")
         return 1
 
 

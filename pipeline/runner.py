@@ -131,8 +131,9 @@ class Runner:
                 labels.append(f"{stage.name} (signatures)")
                 jobs.append(Job(f"seg{seg}", steps, tasks, " → ".join(labels),
                                 checked_files=[seg_dir / "data", workdir / "sig"], feeds=stage.name))
-                jobs.append(Job(f"{stage.name}.cluster", [stage.cluster_step(workdir, tasks)], partitions,
-                                f"{stage.name} (clusters)", checked_files=[workdir / "dups"]))
+                for phase, step, phase_tasks in stage.cluster_phases(workdir, tasks, partitions):
+                    jobs.append(Job(f"{stage.name}.{phase}", [step], phase_tasks, f"{stage.name} ({phase})",
+                                    checked_files=[workdir / phase]))
                 seg += 1
                 steps = [IntermediateReader(seg_dir / "data", progress_dir=self.work / f"seg{seg}" / "progress"),
                          stage.filter_step(workdir, self.removed_writer(stage.name, schema))]

@@ -125,8 +125,9 @@ class GlobalStage:
 
     1. `signature_step`: a pass-through step at the end of a segment that records what the
        stage needs of each document (written per task under `workdir/sig/`).
-    2. `cluster_step`: after a barrier, `partitions` tasks each decide over one partition and
-       write `workdir/dups/{p}.parquet` (src_rank, idx, removal_reason, kept_repo_name, kept_path).
+    2. `cluster_phases`: after a barrier, tasks decide (by default `partitions` tasks of
+       `cluster_step`, one per partition) and write `workdir/dups/*.parquet`
+       (src_rank, idx, removal_reason, kept_repo_name, kept_path).
     3. `filter_step`: at the start of the next segment, drops the decided documents.
     """
 
@@ -141,8 +142,16 @@ class GlobalStage:
     def signature_step(self, workdir: Path, schema: pa.Schema, partitions: int) -> PipelineStep:
         raise NotImplementedError
 
-    def cluster_step(self, workdir: Path, partitions: int) -> PipelineStep:
+    def cluster_step(self, workdir: Path, ranks: int) -> PipelineStep:
+        """The decision over one partition (rank = partition); `ranks` = tasks that wrote signatures."""
         raise NotImplementedError
+
+    def cluster_phases(self, workdir: Path, ranks: int, partitions: int) -> list[tuple[str, PipelineStep, int]]:
+        """(phase, step, tasks) run in order with barriers between them; by default one phase of
+        `cluster_step` over the partitions. Stages needing more (e.g. pairs -> merge) override this.
+        A phase writes checksummed files under `workdir/<phase>/` (checked on --resume); the last
+        phase is `dups`, leaving `workdir/dups/*.parquet` for `filter_step`."""
+        return [("dups", self.cluster_step(workdir, ranks), partitions)]
 
     def filter_step(self, workdir: Path, removed_writer) -> CodeStage:
         from pipeline.dedup import DuplicateFilter

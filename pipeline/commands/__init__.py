@@ -1,0 +1,5 @@
+"""Command families beyond run/verify/ingest. Each module has `register(subparsers)`; list it in
+COMMAND_MODULES and its commands appear in `pipeline --help`."""
+
+COMMAND_MODULES: list[str] = [
+]
