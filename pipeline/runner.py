@@ -172,7 +172,8 @@ class Runner:
 
     def run_job(self, job: Job, total_bytes: int) -> None:
         executor = LocalExecutor(job.steps, tasks=job.tasks, workers=self.config.executor.workers,
-                                 logging_dir=str(self.logging_dir(job)), stderr_log=str(self.out / "logs" / "tasks.log"))
+                                 logging_dir=str(self.logging_dir(job)),
+                                 stderr_log=str(self.out / "logs" / "tasks.log"))
         start = time.monotonic()
         with SegmentProgress(self.console, job.label, self.work / job.name / "progress", total_bytes,
                              enabled=self.opts.progress and job.name.startswith("seg")):

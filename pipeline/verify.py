@@ -40,7 +40,8 @@ def verify(out: str | Path) -> tuple[list[str], Table]:
         if files:
             con.execute(f"INSERT INTO placed SELECT {IDENT}, {place}, '{folder}' "
                         f"FROM read_parquet({sql_paths(files)}, union_by_name=true)")
-    removed_counts = dict(con.execute("SELECT folder, count(*) FROM placed WHERE folder != 'data' GROUP BY 1").fetchall())
+    removed_counts = dict(con.execute("SELECT folder, count(*) FROM placed WHERE folder != 'data' "
+                                      "GROUP BY 1").fetchall())
     for folder, wrong in con.execute("SELECT folder, count(*) FROM placed WHERE place IS DISTINCT FROM folder "
                                  "GROUP BY 1").fetchall():
         problems.append(f"removed/{folder}: {wrong} records say removed_by is another stage")
