@@ -55,10 +55,13 @@ class RunOptions:
     progress: bool = True
 
 
-def config_fingerprint(config: RunConfig, specs: list[StageSpec]) -> str:
-    """What must match for --resume: inputs, stages and output format (not the executor)."""
+def config_fingerprint(config: RunConfig, specs: list[StageSpec], stage_info: dict | None = None) -> str:
+    """What must match for --resume: inputs, stages and output format (not the executor), and what
+    stages report about their resources (`stage_info`, e.g. the opt-out registry version)."""
     data = {"input": config.input.model_dump(), "output": config.output.model_dump(),
             "stages": [[s.kind, s.name, s.options.model_dump()] for s in specs]}
+    if stage_info:
+        data["stage_info"] = stage_info
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -100,7 +103,10 @@ class Runner:
         self.out = Path(config.output.path)
         self.work = self.out / ".work"
         self.stages = [STAGES[s.kind](s.name, s.options) for s in specs]
-        self.fingerprint = config_fingerprint(config, specs)
+        # stages may expose manifest_info() -> dict: merged into manifest.json (e.g. optout_registry_version)
+        self.stage_info = {k: v for s in self.stages if hasattr(s, "manifest_info")
+                           for k, v in s.manifest_info().items()}
+        self.fingerprint = config_fingerprint(config, specs, self.stage_info)
 
     # -- building ---------------------------------------------------------------------------------
     def removed_writer(self, stage_name: str, schema: pa.Schema) -> ParquetShardWriter:
@@ -201,6 +207,7 @@ class Runner:
             "packages": package_versions(), "optout_registry_version": None,
             "started_at": start.isoformat(), "ended_at": None, "complete": False,
         }
+        manifest.update(self.stage_info)
         write_json_atomic(manifest_path, manifest)
         log.info("run %s: %d input files, %d units, %d tasks", self.config.name, len(plan.files),
                  len(plan.units), len(plan.tasks))

@@ -14,7 +14,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from pipeline.errors import UserError
-from pipeline.io.source_tree import SOURCE_SCHEMA, SourceFile, source_roots
+from pipeline.io.source_tree import SOURCE_SCHEMA, SourceFile, is_binary, source_roots
 
 KINDS = ("parquet", "jsonl", "source")
 STRING_TYPES = (pa.string(), pa.large_string())
@@ -178,18 +178,35 @@ def _source_units(files: list[SourceFile]) -> list[WorkUnit]:
 
 
 def _apply_limit(units: list[WorkUnit], limit: int | None) -> list[WorkUnit]:
+    """Keep the first `limit` records. Source files that are binary are not records, so their
+    heads are read here to count only text files."""
     if limit is None:
         return units
     out, left = [], limit
     for u in units:
         if left <= 0:
             break
-        if u.rows > left:
+        records = u.rows
+        if u.kind == "source":
+            text = [not _is_binary_file(f.abspath) for f in u.files]
+            records = sum(text)
+            if records > left:  # take files up to and including the left-th text file
+                u.max_rows = [i for i, t in enumerate(text) if t][left - 1] + 1
+        elif u.rows > left:
             u.max_rows = left
-            u.nbytes = int(u.nbytes * left / max(u.rows, 1))
-        left -= min(u.rows, left)
+        if u.max_rows is not None:
+            u.nbytes = int(u.nbytes * min(records, left) / max(records, 1))
+        left -= min(records, left)
         out.append(u)
     return out
+
+
+def _is_binary_file(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return is_binary(f.read(8192))
+    except OSError:
+        return True
 
 
 def _unify(schemas: list[tuple[str, pa.Schema]]) -> pa.Schema:

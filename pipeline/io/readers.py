@@ -136,17 +136,18 @@ class InputReader(PipelineStep):
                    "extension": extension_of(f.path), "length_bytes": f.size, "detected_licenses": None,
                    "license_type": None}
             try:
-                if f.size > self.max_file_bytes:
-                    row["blob_id"], row["_too_large"] = _git_sha1_of_file(f.abspath), True
-                    yield row, None
-                    continue
                 with open(f.abspath, "rb") as fh:
-                    raw = fh.read()
+                    head = fh.read(8192)
+                    if is_binary(head):
+                        self.counters.details["skipped_binary"] += 1
+                        continue
+                    if f.size > self.max_file_bytes:  # a record, but not read into memory
+                        row["blob_id"], row["_too_large"] = _git_sha1_of_file(f.abspath), True
+                        yield row, None
+                        continue
+                    raw = head + fh.read()
             except OSError:
                 self.counters.details["skipped_unreadable"] += 1
-                continue
-            if is_binary(raw):
-                self.counters.details["skipped_binary"] += 1
                 continue
             yield row, raw
 
