@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
@@ -27,7 +26,7 @@ from pipeline.io.inputs import InputPlan, plan_inputs
 from pipeline.io.readers import IDS_SCHEMA, InputReader, IntermediateReader
 from pipeline.io.writers import ParquetShardWriter
 from pipeline.progress import SegmentProgress
-from pipeline.stats import merge_stages, stage_parts, summary_table, totals
+from pipeline.stats import languages, merge_stages, stage_parts, summary_table, totals
 from pipeline.step import GlobalStage
 
 REMOVAL_COLUMNS = [("removed_by", pa.string()), ("removal_reason", pa.string()),
@@ -131,9 +130,13 @@ class Runner:
             if isinstance(stage, GlobalStage):
                 workdir = self.work / stage.name
                 seg_dir = self.work / f"seg{seg}"
-                steps += [stage.signature_step(workdir, schema, partitions),
-                          ParquetShardWriter(seg_dir / "data", schema, compression="lz4", compression_level=None,
-                                             max_shard_bytes=2**62, checksum=True, name="intermediate")]
+                # with nothing before the stage that changes records, the next segment re-reads the input
+                replay = len(steps) == 1 and steps[0] is reader
+                steps.append(stage.signature_step(workdir, schema, partitions))
+                if not replay:
+                    steps.append(ParquetShardWriter(seg_dir / "data", schema, compression="lz4",
+                                                    compression_level=None, max_shard_bytes=2**62, checksum=True,
+                                                    name="intermediate"))
                 labels.append(f"{stage.name} (signatures)")
                 jobs.append(Job(f"seg{seg}", steps, tasks, " → ".join(labels),
                                 checked_files=[seg_dir / "data", workdir / "sig"], feeds=stage.name))
@@ -141,8 +144,9 @@ class Runner:
                     jobs.append(Job(f"{stage.name}.{phase}", [step], phase_tasks, f"{stage.name} ({phase})",
                                     checked_files=[workdir / phase]))
                 seg += 1
-                steps = [IntermediateReader(seg_dir / "data", progress_dir=self.work / f"seg{seg}" / "progress"),
-                         stage.filter_step(workdir, self.removed_writer(stage.name, schema))]
+                progress = self.work / f"seg{seg}" / "progress"
+                source = reader.replay(progress) if replay else IntermediateReader(seg_dir / "data", progress)
+                steps = [source, stage.filter_step(workdir, self.removed_writer(stage.name, schema))]
                 labels = [stage.name]
             else:
                 stage.exclusion_writer = self.removed_writer(stage.name, schema)
@@ -152,7 +156,7 @@ class Runner:
         out = self.config.output
         steps.append(ParquetShardWriter(self.out / "data", schema, compression_level=out.compression_level,
                                         max_shard_bytes=out.max_shard_bytes, row_group_bytes=out.row_group_bytes,
-                                        name="data"))
+                                        name="data", count_languages=True))
         jobs.append(Job(f"seg{seg}", steps, tasks, " → ".join(labels)))
         return jobs
 
@@ -237,8 +241,8 @@ class Runner:
         write_table_atomic(table, self.out / "input_ids.parquet", checksum=False, compression="zstd")
         parts = stage_parts([self.logging_dir(j) for j in jobs])
         stages = merge_stages(parts, [s.name for s in self.specs])
-        languages = data_languages(self.out / "data")
-        stats = {"stages": stages, "totals": totals(stages, languages), "languages": languages}
+        counted = languages(parts)
+        stats = {"stages": stages, "totals": totals(stages, counted), "languages": counted}
         write_json_atomic(self.out / "stats.json", stats)
         manifest.update(ended_at=datetime.now(UTC).isoformat(), complete=True)
         write_card(self.out, manifest, stats)
@@ -247,19 +251,6 @@ class Runner:
         self.console.print(summary_table(stats, title=f"codecurate run: {self.config.name}"))
         self.console.print(f"output: {self.out}")
         return stats
-
-
-def data_languages(folder: Path) -> dict[str, dict]:
-    files = sorted(folder.glob("*.parquet"))
-    if not files:
-        return {}
-    con = duckdb.connect()
-    names = {r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [[str(f) for f in files]]).fetchall()}
-    lang = "coalesce(language, 'unknown')" if "language" in names else "'unknown'"
-    rows = con.execute(
-        f"SELECT {lang} AS lang, count(*), coalesce(sum(strlen(content)), 0) FROM read_parquet(?) "
-        "GROUP BY lang ORDER BY 2 DESC, 1", [[str(f) for f in files]]).fetchall()
-    return {lang: {"records": n, "bytes": int(b)} for lang, n, b in rows}
 
 
 def _with(schema: pa.Schema, columns: list[tuple[str, pa.DataType]]) -> pa.Schema:

@@ -20,7 +20,8 @@ def stage_parts(logging_dirs: list[Path]) -> dict[str, dict]:
         for f in sorted((Path(folder) / "stats").glob("*.json")):
             for step in json.loads(f.read_text()):
                 name = step["name"].split(": ", 1)[-1]
-                part = parts.setdefault(name, {"counts": Counter(), "details": Counter(), "seconds": 0.0})
+                part = parts.setdefault(name, {"counts": Counter(), "details": Counter(), "seconds": 0.0,
+                                               "languages": {}})
                 time_stats = step.get("time_stats") or {}
                 part["seconds"] += _value(time_stats) if time_stats else 0.0
                 for key, v in (step.get("stats") or {}).items():
@@ -28,6 +29,10 @@ def stage_parts(logging_dirs: list[Path]) -> dict[str, dict]:
                         part["details"][key[len("detail:"):]] += int(_value(v))
                     elif key in COUNTS:
                         part["counts"][key] += int(_value(v))
+                    elif key.startswith("language/"):
+                        _, language, what = key.split("/")
+                        counts = part["languages"].setdefault(language, {"records": 0, "bytes": 0})
+                        counts[what] += int(_value(v))
     return parts
 
 
@@ -50,6 +55,12 @@ def merge_stages(parts: dict[str, dict], stage_names: list[str]) -> list[dict]:
         out.append({"name": name, **{k: counts.get(k, 0) for k in COUNTS},
                     "seconds": round(seconds, 3), "details": dict(sorted(details.items()))})
     return out
+
+
+def languages(parts: dict[str, dict]) -> dict[str, dict]:
+    """`languages` of stats.json: what the data writer counted, largest first."""
+    counted = parts.get("data", {}).get("languages", {})
+    return dict(sorted(counted.items(), key=lambda kv: (-kv[1]["records"], kv[0])))
 
 
 def totals(stages: list[dict], languages: dict) -> dict:

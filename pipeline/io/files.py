@@ -25,9 +25,10 @@ def tmp_name(path: Path) -> Path:
 
 
 def commit(tmp: Path, final: Path, checksum: bool = False) -> None:
-    """Flush `tmp` to disk and rename it to `final`; optionally write a checksum beside it first."""
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
+    """Rename the finished `tmp` to `final`; optionally write a checksum beside it first.
+
+    A rename is atomic, so a killed process never leaves a half file under a final name. (No fsync:
+    we guard against process crashes; after an OS crash the checksums catch torn intermediates.)"""
     if checksum:
         digest = file_sha256(tmp)
         side = final.with_name(final.name + CHECKSUM_SUFFIX)

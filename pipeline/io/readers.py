@@ -1,5 +1,6 @@
 """Reader steps: input records (segment 0) and a previous segment's intermediate shards."""
 
+import copy
 import hashlib
 import time
 from collections.abc import Iterator
@@ -45,32 +46,50 @@ class InputReader(PipelineStep):
         self.content_from, self.max_file_bytes = content_from, max_file_bytes
         self.removed_writer, self.ids_dir, self.progress_dir = removed_writer, Path(ids_dir), progress_dir
         self.counters = StageCounters(self)
+        self.replaying = False
+
+    def replay(self, progress_dir: Path | None = None) -> "InputReader":
+        """The same reader for a later segment: yields the same readable records in the same order,
+        without counting them, recording ids or writing removed/read again."""
+        twin = copy.copy(self)
+        twin.name, twin.replaying, twin.progress_dir = "read#replay", True, progress_dir
+        PipelineStep.__init__(twin)
+        twin.counters = StageCounters(twin)
+        return twin
+
+    def _records(self, rank: int) -> Iterator[tuple[str | bytes | None, Document, str | None]]:
+        """(raw content, document, fault) of every record of this task, in order."""
+        for i in self.tasks[rank] if rank < len(self.tasks) else []:
+            unit = self.units[i]
+            for row, raw in self._source_rows(unit) if unit.kind == "source" else self._table_rows(unit):
+                doc, fault = self._record(row, raw)
+                yield raw, doc, fault
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         self.progress = TaskProgress(self.progress_dir, rank)
+        if self.replaying:
+            yield from (doc for _, doc, fault in self._records(rank) if not fault)
+            self.progress.flush()
+            return
         ids: list[tuple] = []
         self.removed_writer.open(rank)
         clock = time.perf_counter()
-        for i in self.tasks[rank] if rank < len(self.tasks) else []:
-            unit = self.units[i]
-            rows = self._source_rows(unit) if unit.kind == "source" else self._table_rows(unit)
-            for row, raw in rows:
-                doc, fault = self._record(row, raw)
-                size = len(raw) if isinstance(raw, bytes) else (utf8_len(raw) if raw else 0)
-                ids.append((row.get("repo_name"), row.get("path"), row.get("blob_id"), _sha256(raw)))
-                self.counters.add(records_in=1, bytes_in=size)
-                if fault:
-                    self.counters.details[f"input:{fault}"] += 1
-                    self.counters.add(records_removed=1)
-                    self.removed_writer.write(doc, rank)
-                else:
-                    self.counters.add(records_out=1, bytes_out=size)
-                    self.stats.time_stats.update(time.perf_counter() - clock)
-                    yield doc  # time spent downstream is not this step's
-                    clock = time.perf_counter()
+        for raw, doc, fault in self._records(rank):
+            meta = doc.metadata
+            size = len(raw) if isinstance(raw, bytes) else (utf8_len(raw) if raw else 0)
+            ids.append((meta.get("repo_name"), meta.get("path"), meta.get("blob_id"), _sha256(raw)))
+            self.counters.add(records_in=1, bytes_in=size)
+            if fault:
+                self.counters.details[f"input:{fault}"] += 1
+                self.counters.add(records_removed=1)
+                self.removed_writer.write(doc, rank)
+            else:
+                self.counters.add(records_out=1, bytes_out=size)
+                self.stats.time_stats.update(time.perf_counter() - clock)
+                yield doc  # time spent downstream is not this step's
+                clock = time.perf_counter()
         self.removed_writer.close()
-        progress = self.progress
-        progress.flush()
+        self.progress.flush()
         self.counters.flush_details()
         write_table_atomic(pa.Table.from_pylist([dict(zip(IDS_SCHEMA.names, r, strict=True)) for r in ids],
                                                 schema=IDS_SCHEMA), self.ids_dir / f"{rank:05d}.parquet")
@@ -133,8 +152,8 @@ class InputReader(PipelineStep):
         for f in files:
             self.progress.add(1, f.size)  # source progress counts bytes on disk, binaries included
             row = {"repo_name": f.repo_name, "path": f.path, "src_encoding": "UTF-8", "language": None,
-                   "extension": extension_of(f.path), "length_bytes": f.size, "detected_licenses": None,
-                   "license_type": None}
+                   "extension": extension_of(f.path), "length_bytes": f.size,
+                   "detected_licenses": list(f.detected_licenses), "license_type": f.license_type}
             try:
                 with open(f.abspath, "rb") as fh:
                     head = fh.read(8192)

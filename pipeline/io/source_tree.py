@@ -2,12 +2,13 @@
 
 import os
 import sysconfig
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
 
 from pipeline.errors import UserError
+from pipeline.io.licenses import license_type, repo_licenses
 
 SOURCE_SCHEMA = pa.schema([
     ("repo_name", pa.string()),
@@ -30,6 +31,8 @@ class SourceFile:
     repo_name: str
     path: str  # relative to the repo root, '/'-separated
     size: int
+    detected_licenses: tuple[str, ...] = ()  # the repository's (pipeline.io.licenses)
+    license_type: str | None = None
 
 
 def python_roots() -> list[tuple[Path, set[str]]]:
@@ -74,7 +77,7 @@ def list_source_files(root: str, owner: str | None = None, skip: set[str] | None
         repo_owner = owner or base.parent.name or "local"
         for p in _walk(base, skip):
             files.append(SourceFile(str(p), f"{repo_owner}/{base.name}", p.relative_to(base).as_posix(), _size(p)))
-        return files
+        return with_licenses(files)
     repo_owner = owner or base.name
     for p in _walk(base, skip):
         rel = p.relative_to(base)
@@ -83,7 +86,16 @@ def list_source_files(root: str, owner: str | None = None, skip: set[str] | None
         else:
             repo = f"{repo_owner}/{rel.parts[0]}"
             files.append(SourceFile(str(p), repo, Path(*rel.parts[1:]).as_posix(), _size(p)))
-    return files
+    return with_licenses(files, inherit_from=f"{repo_owner}/_root")
+
+
+def with_licenses(files: list[SourceFile], inherit_from: str | None = None) -> list[SourceFile]:
+    """Label every file with its repository's license, detected once per repository from the license
+    files at its root; repos without any take the source root's (`inherit_from`)."""
+    found = repo_licenses(((f.repo_name, f.path, f.abspath) for f in files), inherit_from)
+    labels = {repo: (tuple(ids), license_type(ids)) for repo, ids in found.items()}
+    return [replace(f, detected_licenses=labels[f.repo_name][0], license_type=labels[f.repo_name][1])
+            for f in files]
 
 
 def _size(p: Path) -> int:

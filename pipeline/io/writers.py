@@ -38,6 +38,7 @@ class ParquetShardWriter(PipelineStep):
         checksum: bool = False,
         name: str = "writer",
         extra: dict | None = None,
+        count_languages: bool = False,
     ):
         self.name = name
         super().__init__()
@@ -49,6 +50,7 @@ class ParquetShardWriter(PipelineStep):
         self.row_group_bytes = row_group_bytes
         self.checksum = checksum
         self.extra = extra or {}  # constant columns, e.g. removed_by
+        self.count_languages = count_languages  # the data writer counts stats.json `languages`
         self._rank: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -62,6 +64,7 @@ class ParquetShardWriter(PipelineStep):
         self._writer: pq.ParquetWriter | None = None
         self._shard_bytes = 0
         self.records_written = 0
+        self._languages: dict[str, list[int]] = {}
         return self
 
     def __enter__(self):
@@ -79,7 +82,12 @@ class ParquetShardWriter(PipelineStep):
         row = doc_to_row(doc)
         row.update(self.extra)
         self._rows.append(row)
-        self._buffered += doc_bytes(doc) + 64
+        size = doc_bytes(doc)
+        self._buffered += size + 64
+        if self.count_languages:
+            counts = self._languages.setdefault(doc.metadata.get("language") or "unknown", [0, 0])
+            counts[0] += 1
+            counts[1] += size
         if self._buffered >= self.row_group_bytes:
             self._flush()
 
@@ -88,6 +96,9 @@ class ParquetShardWriter(PipelineStep):
             return
         self._flush()
         self._finish_shard()
+        for language, (records, nbytes) in self._languages.items():
+            self.stat_update(f"language/{language}/records", value=records)
+            self.stat_update(f"language/{language}/bytes", value=nbytes)
         self._rank = None
 
     # -- internals ---------------------------------------------------------------------------
