@@ -65,6 +65,7 @@ class SignatureStep(PipelineStep):
             idx += len(batch)
             self.counters.add(records_in=len(batch), bytes_in=sum(doc_bytes(d) for d in batch))
             yield from batch
+        self.counters.flush_details()
         with self.track_time():
             table = pa.concat_tables(tables) if tables else None
             part = np.concatenate(parts) if parts else np.zeros(0, np.int64)

@@ -32,6 +32,7 @@ from pipeline.step import GlobalStage
 REMOVAL_COLUMNS = [("removed_by", pa.string()), ("removal_reason", pa.string()),
                    ("kept_repo_name", pa.string()), ("kept_path", pa.string())]
 MAX_PARTITIONS = 64
+PARTITION_BYTES = 2 * 2**30  # input bytes per cluster partition: small corpora decide in one task
 log = logging.getLogger("codecurate")
 
 
@@ -116,7 +117,7 @@ class Runner:
 
     def build_jobs(self, plan: InputPlan) -> list[Job]:
         tasks = len(plan.tasks)
-        partitions = min(tasks, MAX_PARTITIONS)
+        partitions = max(1, min(tasks, MAX_PARTITIONS, -(-plan.total_bytes // PARTITION_BYTES)))
         schema = plan.schema
         reader = InputReader(plan.units, plan.tasks, schema, content_from=self.config.input.content_from,
                              max_file_bytes=self.config.input.max_file_bytes,

@@ -25,20 +25,25 @@ FilterResult = bool | tuple[bool, str]
 
 
 class StageCounters:
-    """The per-stage numbers of `stats.json`, stored in datatrove's Stats so executors save them."""
+    """The per-stage numbers of `stats.json`. Counted in plain Python while the task runs and written
+    once into datatrove's Stats at its end (so executors save them), which keeps per-record cost low."""
 
     def __init__(self, step: PipelineStep):
         self.step = step
+        self.counts: Counter = Counter()
         self.details: Counter = Counter()
 
     def add(self, **values: int) -> None:
-        for key, value in values.items():
-            if value:
-                self.step.stat_update(key, value=value)
+        self.counts.update(values)
 
     def flush_details(self) -> None:
+        """Write counts and details into the step's datatrove Stats (call once, at the end of a task)."""
+        for key, value in self.counts.items():
+            if value:
+                self.step.stat_update(key, value=value)
         for key, value in self.details.items():
             self.step.stat_update(f"detail:{key}", value=value)
+        self.counts.clear()
         self.details.clear()
 
 

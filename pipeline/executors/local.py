@@ -50,6 +50,8 @@ class LocalExecutor(LocalPipelineExecutor):
             self.pipeline = pipeline
         else:
             ctx = multiprocess.get_context(self.start_method)
+            # the forkserver imports these once; every later worker forks from it ready to run
+            ctx.set_forkserver_preload(["pipeline.runner", "stages"])
             with ctx.Pool(min(self.workers, len(ranks)), initializer=die_with_parent) as pool:
                 stats = list(pool.imap_unordered(self._run_for_rank, ranks))
         return sum(stats, start=PipelineStats())

@@ -22,8 +22,7 @@ LICENSE_FILE = re.compile(r"^(?:un)?licen[cs]e|^copying|^copyright|^mit-license"
 README_FILE = re.compile(r"^readme(?:\.|$)", re.IGNORECASE)
 MAX_READ = 64 * 1024
 SHORT_TEXT = 300  # normalised characters: a license file this short names its license rather than quoting it
-_GPL_VERSIONS = {"1": "1.0", "2": "2.0", "3": "3.0", "2 1": "2.1", "2 0": "2.0", "3 0": "3.0", "1 0": "1.0"}
-_VERSIONED = r"(?: as published by the free software foundation)?(?: either)?(?: version| v)? ?(\d(?: \d)?)"
+_VERSIONED = r"(?:(?: as published by the free software foundation)?(?: either)?(?: version| v)? ?(\d(?: \d)?)\b)"
 
 
 def _bsd_variant(text: str) -> str:
@@ -34,8 +33,15 @@ def _bsd_variant(text: str) -> str:
     return "BSD-2-Clause"
 
 
+def _version(number: str | None, default: str) -> str:
+    """'3' -> '3.0', '2 1' -> '2.1' (normalised text has spaces for dots)."""
+    if not number:
+        return default
+    return number.replace(" ", ".") if " " in number else f"{number}.0"
+
+
 def _versioned(family: str, default: str) -> Callable[[re.Match, str], str]:
-    return lambda m, _: f"{family}-{_GPL_VERSIONS.get(m.group(1) or '', default)}"
+    return lambda m, _: f"{family}-{_version(m.group(1), default)}"
 
 
 def _fixed(spdx: str) -> Callable[[re.Match, str], str]:
@@ -55,9 +61,10 @@ TEXT_PATTERNS = _compiled([
     (rf"gnu lesser general public license{_VERSIONED}?", _versioned("LGPL", "2.1")),
     (r"gnu library general public license", _fixed("LGPL-2.0")),
     (rf"gnu general public license{_VERSIONED}?", _versioned("GPL", "1.0-or-later")),
+    (rf"gnu free documentation license{_VERSIONED}?", _versioned("GFDL", "1.1-or-later")),
     (r"apache license(?: version)? 2 0|apache 2 0 license|apache org licenses license 2 0", _fixed("Apache-2.0")),
-    (r"mozilla public license(?: version| v)? 2 0", _fixed("MPL-2.0")),
-    (r"eclipse public license(?: version| v)? ?([12] 0)", lambda m, _: f"EPL-{m.group(1).replace(' ', '.')}"),
+    (r"mozilla public license(?: version| v)? ?([12] [01])\b", _versioned("MPL", "2.0")),
+    (r"eclipse public license(?: version| v)? ?([12] 0)\b", _versioned("EPL", "2.0")),
     (r"permission is hereby granted free of charge to any person obtaining a copy", _fixed("MIT")),
     (r"redistribution and use in source and binary forms with or without modification are permitted",
      lambda m, text: _bsd_variant(text)),
@@ -69,6 +76,7 @@ TEXT_PATTERNS = _compiled([
     (r"boost software license(?: version)? 1 0", _fixed("BSL-1.0")),
     (r"altered source versions must be plainly marked as such", _fixed("Zlib")),
     (r"the artistic license 2 0", _fixed("Artistic-2.0")),
+    (r"the artistic license\b", _fixed("Artistic-1.0")),
     (r"same terms as perl itself", _fixed("Artistic-1.0-Perl")),
     (r"do what the fuck you want to public license", _fixed("WTFPL")),
 ])
@@ -94,8 +102,8 @@ _SPDX = re.compile(r"SPDX-License-Identifier:\s*([^\n*]+?)\s*(?:\*/|-->|$)", re.
 _SPDX_TOKEN = re.compile(r"[A-Za-z0-9.+-]+")
 _SPDX_SUFFIX = re.compile(r"(?:-only|-or-later|\+)$", re.IGNORECASE)
 _SPDX_KNOWN = {spdx.lower(): spdx for spdx in PERMISSIVE | {
-    "GPL-1.0", "GPL-2.0", "GPL-3.0", "LGPL-2.0", "LGPL-2.1", "LGPL-3.0", "AGPL-3.0", "MPL-2.0", "EPL-1.0",
-    "EPL-2.0", "Artistic-1.0-Perl", "Artistic-2.0", "BSD-4-Clause"}}
+    "GPL-1.0", "GPL-2.0", "GPL-3.0", "LGPL-2.0", "LGPL-2.1", "LGPL-3.0", "AGPL-3.0", "MPL-1.1", "MPL-2.0",
+    "EPL-1.0", "EPL-2.0", "Artistic-1.0", "Artistic-1.0-Perl", "Artistic-2.0", "BSD-4-Clause"}}
 _README_SECTION = re.compile(r"^(?:#+[ \t]*|\.\.[ \t]*_)?licen[cs](?:e|ing)\b.*$", re.IGNORECASE | re.MULTILINE)
 _README_SECTION_CHARS = 1500
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")

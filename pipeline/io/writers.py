@@ -108,7 +108,9 @@ class ParquetShardWriter(PipelineStep):
     def _flush(self) -> None:
         if not self._rows:
             return
-        table = pa.Table.from_pylist(self._rows, schema=self.schema)
+        rows = self._rows  # column by column: several times faster than Table.from_pylist
+        table = pa.Table.from_arrays([pa.array([r.get(f.name) for r in rows], f.type) for f in self.schema],
+                                     schema=self.schema)
         if self._writer is None:
             self._writer = pq.ParquetWriter(
                 tmp_name(self._path()), self.schema, compression=self.compression,
