@@ -20,6 +20,7 @@ from rich.console import Console
 from pipeline.card import write_card
 from pipeline.config import RunConfig, StageSpec
 from pipeline.errors import RunFailure, UserError
+from pipeline.executors.dask import DaskPipelineExecutor, connect
 from pipeline.executors.local import LocalExecutor
 from pipeline.io.files import CorruptIntermediate, is_intact, write_json_atomic, write_table_atomic
 from pipeline.io.inputs import InputPlan, plan_inputs
@@ -181,17 +182,38 @@ class Runner:
                     shutil.rmtree(self.logging_dir(later) / "completions", ignore_errors=True)
                 return
 
+    def executor_for(self, job: Job):
+        common = {"logging_dir": str(self.logging_dir(job)), "stderr_log": str(self.out / "logs" / "tasks.log")}
+        if self.client is not None:
+            return DaskPipelineExecutor(job.steps, tasks=job.tasks, client=self.client, **common)
+        return LocalExecutor(job.steps, tasks=job.tasks, workers=self.config.executor.workers, **common)
+
     def run_job(self, job: Job, total_bytes: int) -> None:
-        executor = LocalExecutor(job.steps, tasks=job.tasks, workers=self.config.executor.workers,
-                                 logging_dir=str(self.logging_dir(job)),
-                                 stderr_log=str(self.out / "logs" / "tasks.log"))
+        executor = self.executor_for(job)
         start = time.monotonic()
         with SegmentProgress(self.console, job.label, self.work / job.name / "progress", total_bytes,
                              enabled=self.opts.progress and job.name.startswith("seg")):
             executor.run()
+        if isinstance(executor, DaskPipelineExecutor) and (retried := executor.retries()):
+            self.retries[job.name] = retried
+            self.console.print(f"[yellow]{job.name}: {retried} task retries (a worker was lost)")
         log.info("job %s done in %.1fs", job.name, time.monotonic() - start)
 
     def run(self) -> dict:
+        ex = self.config.executor
+        self.client, cluster = connect(ex.scheduler, ex.workers) if ex.kind == "dask" else (None, None)
+        self.retries: dict[str, int] = {}
+        try:
+            if self.client is not None:
+                self.console.print(f"Dask dashboard: {self.client.dashboard_link}")
+            return self._run()
+        finally:
+            if self.client is not None:
+                self.client.close()
+            if cluster is not None:
+                cluster.close()
+
+    def _run(self) -> dict:
         start = datetime.now(UTC)
         prepare_output(self.out, self.fingerprint, self.opts)
         _setup_log(self.out / "logs" / "run.log")
@@ -245,7 +267,8 @@ class Runner:
         counted = languages(parts)
         stats = {"stages": stages, "totals": totals(stages, counted), "languages": counted}
         write_json_atomic(self.out / "stats.json", stats)
-        manifest.update(ended_at=datetime.now(UTC).isoformat(), complete=True)
+        manifest.update(ended_at=datetime.now(UTC).isoformat(), complete=True,
+                        executor={**self.config.executor.model_dump(), "task_retries": self.retries})
         write_card(self.out, manifest, stats)
         write_json_atomic(self.out / "manifest.json", manifest)
         shutil.rmtree(self.work, ignore_errors=True)

@@ -1,5 +1,6 @@
 """Shared test helpers: real corpora from this machine's Python installation, configs, the CLI."""
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -59,6 +60,21 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 def read_dir(folder: Path) -> pa.Table | None:
     files = sorted(Path(folder).glob("*.parquet"))
     return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive") if files else None
+
+
+def snapshot(out: Path) -> dict[str, list]:
+    """Sorted (identity, content hash, reason) of data/ and of every removed/<stage>/ of a run."""
+    snap = {}
+    for folder in [out / "data", *sorted((out / "removed").glob("*"))]:
+        t = read_dir(folder)
+        if t is None:
+            continue
+        reasons = t["removal_reason"].to_pylist() if "removal_reason" in t.column_names else [None] * t.num_rows
+        snap[folder.name] = sorted(
+            (r, p, b, hashlib.sha256((c or "").encode()).hexdigest(), why)
+            for r, p, b, c, why in zip(t["repo_name"].to_pylist(), t["path"].to_pylist(), t["blob_id"].to_pylist(),
+                                       t["content"].to_pylist(), reasons, strict=True))
+    return snap
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """kill -9 at different points, then --resume: the same data/ and removed/ as an uninterrupted run."""
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -8,24 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import read_dir, run_cli, stdlib_rows, write_config, write_parquet
+from conftest import run_cli, snapshot, stdlib_rows, write_config, write_parquet
 
 STAGES = [{"exact_dedup": {}}, {"exact_dedup": {"normalize_whitespace": True}}]
-
-
-def _snapshot(out: Path) -> dict[str, list]:
-    """Sorted (identity, content hash, reason) of data/ and of every removed/<stage>/."""
-    snap = {}
-    for folder in [out / "data", *sorted((out / "removed").glob("*"))]:
-        t = read_dir(folder)
-        if t is None:
-            continue
-        reasons = t["removal_reason"].to_pylist() if "removal_reason" in t.column_names else [None] * t.num_rows
-        snap[folder.name] = sorted(
-            (r, p, b, hashlib.sha256((c or "").encode()).hexdigest(), why)
-            for r, p, b, c, why in zip(t["repo_name"].to_pylist(), t["path"].to_pylist(), t["blob_id"].to_pylist(),
-                                       t["content"].to_pylist(), reasons, strict=True))
-    return snap
 
 
 def _start(cfg: Path, out: Path, *extra: str) -> subprocess.Popen:
@@ -58,7 +42,7 @@ def test_kill_and_resume_gives_the_same_output(tmp_path):
 
     reference = tmp_path / "reference"
     assert run_cli("run", str(cfg), "--quiet", "--output", str(reference)).returncode == 0
-    expected = _snapshot(reference)
+    expected = snapshot(reference)
     assert set(expected) == {"data", "exact_dedup", "exact_dedup_2"}
 
     out = tmp_path / "killed"
@@ -74,7 +58,7 @@ def test_kill_and_resume_gives_the_same_output(tmp_path):
     _kill_when(proc, out / "logs" / "seg2" / "completions", at_least=1)
     result = run_cli("run", str(cfg), "--quiet", "--output", str(out), "--resume")
     assert result.returncode == 0, result.stderr
-    assert _snapshot(out) == expected
+    assert snapshot(out) == expected
     assert run_cli("verify", str(out)).returncode == 0
 
 
@@ -98,5 +82,5 @@ def test_corrupt_intermediate_is_recomputed_on_resume(tmp_path):
     result = run_cli("run", str(cfg), "--output", str(out), "--resume")
     assert result.returncode == 0, result.stderr
     assert "corrupt intermediate" in result.stderr
-    assert _snapshot(out) == _snapshot(reference)
+    assert snapshot(out) == snapshot(reference)
     assert run_cli("verify", str(out)).returncode == 0

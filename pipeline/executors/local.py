@@ -24,18 +24,24 @@ def die_with_parent() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the main process
 
 
-class LocalExecutor(LocalPipelineExecutor):
+class QuietRanks:
+    """Mixin for datatrove executors: a task's console output goes to our log file, not the user's
+    terminal (datatrove logs at INFO to stderr for local rank 0)."""
+
+    stderr_log: str
+
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1) -> PipelineStats:
+        with open(self.stderr_log, "a") as err, contextlib.redirect_stderr(err):
+            return super()._run_for_rank(rank, local_rank=1, node_rank=node_rank)
+
+
+class LocalExecutor(QuietRanks, LocalPipelineExecutor):
     """Runs the incomplete ranks of a segment with `workers` processes; skips completed ranks."""
 
     def __init__(self, pipeline, tasks: int, workers: int, logging_dir: str, stderr_log: str):
         super().__init__(pipeline, tasks=tasks, workers=min(workers, tasks), logging_dir=logging_dir,
                          start_method="forkserver")
         self.stderr_log = stderr_log
-
-    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1) -> PipelineStats:
-        # local_rank=1 keeps datatrove's per-task console logging at ERROR; stderr goes to our log file
-        with open(self.stderr_log, "a") as err, contextlib.redirect_stderr(err):
-            return super()._run_for_rank(rank, local_rank=1, node_rank=node_rank)
 
     def run(self) -> PipelineStats:
         self._launched = True
