@@ -20,7 +20,10 @@ RETRIES = 2  # a task may run 1 + RETRIES times (e.g. after its worker was kille
 
 def connect(scheduler: str | None, workers: int, timeout: float = 10):
     """A Dask client: to an existing scheduler, or to a LocalCluster of `workers` processes."""
-    from distributed import Client, LocalCluster
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise UserError("--executor dask needs the dask extra: pip install 'codecurate[dask]'") from None
 
     if scheduler:
         try:
