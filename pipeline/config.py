@@ -102,7 +102,7 @@ def parse_stages(source: str, items: list[Any]) -> list[StageSpec]:
             opts = cls.Options(**(options or {}))
         except ValidationError as e:
             err = e.errors()[0]
-            if err["type"] == "extra_forbidden":
+            if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:  # a stage option; nested keys below
                 valid = ", ".join(sorted(cls.Options.model_fields))
                 raise UserError(f"{where}.{kind}.{_loc(err['loc'])}: unknown option (valid: {valid})") from None
             raise _one_line(source, e, prefix=f"stages[{i}].{kind}") from None
@@ -116,9 +116,8 @@ def parse_stages(source: str, items: list[Any]) -> list[StageSpec]:
     return specs
 
 
-def load_config(path: str | Path) -> tuple[RunConfig, list[StageSpec]]:
-    """Load and validate CONFIG.yaml; relative paths inside resolve against its directory."""
-    path = Path(path)
+def read_yaml_mapping(path: Path, keys: str) -> dict:
+    """A YAML file's top-level mapping, loaded safely; faults are one line naming the file (and line)."""
     source = str(path)
     try:
         text = path.read_text()
@@ -131,7 +130,15 @@ def load_config(path: str | Path) -> tuple[RunConfig, list[StageSpec]]:
         where = f" line {mark.line + 1}" if mark else ""
         raise UserError(f"{source}:{where}: malformed YAML ({getattr(e, 'problem', None) or e})") from None
     if not isinstance(raw, dict):
-        raise UserError(f"{source}: a config is a mapping with keys name, input, output, executor, stages")
+        raise UserError(f"{source}: a config is a mapping with keys {keys}")
+    return raw
+
+
+def load_config(path: str | Path) -> tuple[RunConfig, list[StageSpec]]:
+    """Load and validate CONFIG.yaml; relative paths inside resolve against its directory."""
+    path = Path(path)
+    source = str(path)
+    raw = read_yaml_mapping(path, "name, input, output, executor, stages")
     try:
         config = RunConfig(**raw)
     except ValidationError as e:
@@ -161,11 +168,15 @@ def resolve_input(path: str, base: Path) -> str:
     return prefix + str((base / path).resolve())
 
 
-def _resolved_paths(options: StageOptions, base: Path) -> dict[str, str]:
-    """Stage options declared as paths (json_schema_extra={'path': True}) resolve like input paths."""
-    out = {}
+def _resolved_paths(options: BaseModel, base: Path) -> dict[str, Any]:
+    """Stage options declared as paths (json_schema_extra={'path': True}) resolve like input paths,
+    also inside nested option models and lists of them (e.g. decontaminate's benchmark files)."""
+    out: dict[str, Any] = {}
     for key, field in type(options).model_fields.items():
         value = getattr(options, key)
         if isinstance(value, str) and (field.json_schema_extra or {}).get("path") and not _is_url(value):
             out[key] = str(base / value) if not Path(value).is_absolute() else value
+        elif isinstance(value, list) and any(isinstance(v, BaseModel) for v in value):
+            out[key] = [v.model_copy(update=_resolved_paths(v, base)) if isinstance(v, BaseModel) else v
+                        for v in value]
     return out

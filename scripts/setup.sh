@@ -10,3 +10,7 @@ fi
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
 .venv/bin/python -m pip install -q -e "$spec"
+if [[ ",$extras," == *",train,"* ]]; then
+  # DeepSpeed builds against the installed torch: no isolated build env (which would fetch another torch)
+  .venv/bin/python -m pip install -q "deepspeed==0.19.8" --no-build-isolation
+fi

@@ -2,4 +2,9 @@
 COMMAND_MODULES and its commands appear in `pipeline --help`."""
 
 COMMAND_MODULES: list[str] = [
+    "pipeline.commands.benchmarks",
+    "pipeline.commands.explore",
+    "pipeline.commands.optout",
+    "pipeline.commands.shards",
+    "pipeline.commands.train",
 ]

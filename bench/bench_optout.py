@@ -1,0 +1,200 @@
+"""`optout apply` vs a full re-run, and `optout check` latency (issue 7).
+
+Dataset: the shared real-code corpus (bench/common.py, > 500 MB of content) run through the shipped
+config's stages with `opt_out` first and an empty registry -> release v1. Then 100 repositories
+(a seeded choice among those whose owner is a valid GitHub name) are opted out by requests of
+their owners. Timed, interleaved, median of --reps:
+  (a) `pipeline optout apply --dataset v1 --output v2`
+  (b) `pipeline run` of the same config with the new registry (the full re-run: what apply replaces)
+(a) and (b) must hold the same records with the same contents, and `pipeline verify` must pass on (a).
+`optout check`: the CLI's wall time and the DuckDB query alone, for an account and for a repository,
+on v1 and on a copy of its data/ made larger than 1 GB of content with hard links.
+
+    .venv/bin/python bench/bench_optout.py [--corpus /tmp/codecurate-corpus] [--work /tmp/codecurate-bench-optout]
+"""
+
+import argparse
+import json
+import math
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import yaml
+from common import make_corpus, medians, timed
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.optout.check import files_per_repo
+from pipeline.optout.parser import ParseError, check_owner, parse_target
+from pipeline.verify import sql_paths
+
+REPO = Path(__file__).resolve().parent.parent
+OPTED_OUT_REPOS = 100
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {"CODECURATE_BENCHMARK_DIR": str(REPO.parent / "shared" / "benchmarks"), **os.environ}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], check=check, capture_output=True, text=True,
+                          env=env)
+
+
+def config_stages(which: str) -> list[dict]:
+    """The shipped config's stages; with `all`, its commented-out stage lines too (the SPEC order)."""
+    text = (REPO / "configs" / "stack-v2.yaml").read_text()
+    if which == "all":
+        text = re.sub(r"^(\s*)# (- \w+: \{.*\})\s*$", r"\1\2", text, flags=re.MULTILINE)
+    return [s for s in yaml.safe_load(text)["stages"] if "opt_out" not in s]
+
+
+def write_config(work: Path, corpus: Path, which: str) -> Path:
+    """The chosen stages over the corpus, opt_out first with the bench's registry."""
+    stages = config_stages(which)
+    config = {"name": "bench-optout", "input": {"paths": [str(corpus / "data")]}, "output": str(work / "v1"),
+              "executor": {"kind": "local", "workers": 2},
+              "stages": [{"opt_out": {"registry": str(work / "optout.duckdb")}}, *stages]}
+    path = work / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def valid_owner(repo: str) -> bool:
+    try:
+        check_owner(repo.split("/", 1)[0])
+        return True
+    except ParseError:
+        return False
+
+
+def opt_out_repos(work: Path, release: Path) -> list[str]:
+    """Requests from the owners of 100 repositories of the release; returns those repositories."""
+    files = [str(p) for p in sorted((release / "data").glob("*.parquet"))]
+    repos = [r for (r,) in duckdb.sql(f"SELECT DISTINCT repo_name FROM read_parquet({sql_paths(files)}) "
+                                      "ORDER BY 1").fetchall() if valid_owner(r)]
+    chosen = sorted(random.Random(7).sample(repos, OPTED_OUT_REPOS))
+    by_owner: dict[str, list[str]] = {}
+    for repo in chosen:
+        by_owner.setdefault(repo.split("/", 1)[0], []).append(repo)
+    for owner, owned in by_owner.items():
+        request = work / f"request-{owner}.txt"
+        request.write_text("I request that the following data is removed from The Stack:\n\n"
+                           + "".join(f" - {repo}\n" for repo in owned))
+        cli("optout", "add", str(request), "--requester", owner, "--registry", str(work / "optout.duckdb"))
+    return chosen
+
+
+def same_records(a: Path, b: Path) -> list[str]:
+    """Folders of two releases whose records (identity + content hash + removal reason) differ."""
+    differ = []
+    folders = {p.relative_to(a).as_posix() for p in a.glob("removed/*") if any(p.glob("*.parquet"))}
+    folders |= {p.relative_to(b).as_posix() for p in b.glob("removed/*") if any(p.glob("*.parquet"))}
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    for folder in ["data", *sorted(folders)]:
+        reason = "removal_reason" if folder != "data" else "NULL"
+        queries = []
+        for side in (a, b):
+            files = sorted(str(p) for p in (side / folder).glob("*.parquet"))
+            if not files:
+                queries.append("SELECT NULL, NULL, NULL, NULL, NULL WHERE false")
+                continue
+            queries.append(f"SELECT repo_name, path, blob_id, md5(content), {reason} "
+                           f"FROM read_parquet({sql_paths(files)}, union_by_name=true)")
+        left, right = (con.execute(f"SELECT count(*) FROM ({x} EXCEPT ALL {y})").fetchone()[0]
+                       for x, y in (queries, queries[::-1]))
+        if left or right:
+            differ.append(f"{folder}: {left} only in apply, {right} only in the re-run")
+    return differ
+
+
+def enlarged(release: Path, work: Path, copies: int) -> Path:
+    """A dataset `copies` times as large: the release's data shards hard-linked that many times."""
+    out = work / "check-large"
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "data").mkdir(parents=True)
+    for copy in range(copies):
+        for shard in sorted((release / "data").glob("*.parquet")):
+            os.link(shard, out / "data" / f"{copy}-{shard.name}")
+    return out
+
+
+def check_latency(dataset: Path, target: str, reps: int = 5) -> tuple[float, float]:
+    """Median seconds of the `optout check` command and of its DuckDB query alone."""
+    command, query = [], []
+    for _ in range(reps):
+        command.append(timed(lambda: cli("optout", "check", target, "--dataset", str(dataset), check=False)))
+        query.append(timed(lambda: files_per_repo(parse_target(target), dataset)))
+    return statistics.median(command), statistics.median(query)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--corpus", default="/tmp/codecurate-corpus")
+    parser.add_argument("--work", default="/tmp/codecurate-bench-optout")
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--stages", choices=["shipped", "all"], default="shipped",
+                        help="the shipped config's stages, or all of the SPEC's (its commented-out lines too)")
+    args = parser.parse_args()
+    console = Console()
+    corpus, work = Path(args.corpus), Path(args.work)
+    make_corpus(corpus)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    config = write_config(work, corpus, args.stages)
+    start = time.perf_counter()
+    cli("run", str(config), "--quiet")
+    first_run = time.perf_counter() - start
+    v1 = work / "v1"
+    stats = json.loads((v1 / "stats.json").read_text())
+    mb = stats["totals"]["bytes_in"] / 1e6
+    chosen = opt_out_repos(work, v1)
+    console.print(f"stages: opt_out, {', '.join(next(iter(s)) for s in config_stages(args.stages))}")
+    console.print(f"release v1: {stats['totals']['records_out']:,} records, {mb:,.0f} MB of input content, "
+                  f"first run {first_run:.0f} s; opting out {len(chosen)} repositories")
+
+    timings: dict[str, list[float]] = {"optout apply": [], "full re-run": []}
+    for _ in range(args.reps):  # interleaved
+        timings["optout apply"].append(timed(lambda: cli("optout", "apply", "--dataset", str(v1), "--output",
+                                                         str(work / "v2"), "--overwrite")))
+        timings["full re-run"].append(timed(lambda: cli("run", str(config), "--quiet", "--overwrite", "--output",
+                                                        str(work / "rerun"))))
+    med = medians(timings)
+    release = json.loads((work / "v2" / "manifest.json").read_text())["release"]
+    differ = same_records(work / "v2", work / "rerun")
+    verified = cli("verify", str(work / "v2"), check=False).returncode == 0
+
+    table = Table(title=f"optout apply vs full re-run: {mb:,.0f} MB, {len(chosen)} repositories opted out "
+                        f"(median of {args.reps}, interleaved)")
+    for col in ("what", "seconds", "MB/s", "vs full re-run"):
+        table.add_column(col, justify="left" if col == "what" else "right")
+    for name, seconds in med.items():
+        table.add_row(name, f"{seconds:.1f}", f"{mb / seconds:,.0f}", f"{med['full re-run'] / seconds:.1f}x")
+    console.print(table)
+    console.print(f"apply: {release['records_opted_out']:,} records opted out, promoted {release['records_promoted']}, "
+                  f"shards {release['shards_rewritten']} rewritten / {release['shards_new']} new / "
+                  f"{release['shards_linked']} linked; same records as the re-run: "
+                  f"{'yes' if not differ else 'NO ' + '; '.join(differ)}; verify: {'OK' if verified else 'FAILED'}")
+
+    owner = chosen[0].split("/", 1)[0]
+    table = Table(title="optout check latency (median of 5; command = whole CLI process)")
+    for col in ("dataset", "MB of content", "target", "command s", "query s"):
+        table.add_column(col, justify="left" if col in ("dataset", "target") else "right")
+    size = stats["totals"]["bytes_out"]
+    copies = math.ceil(1e9 / size)
+    for name, dataset, mb_data in (("v1", v1, size / 1e6),
+                                   (f"v1 data x{copies}", enlarged(v1, work, copies), copies * size / 1e6)):
+        for target in (owner, chosen[-1]):
+            command, query = check_latency(dataset, target)
+            table.add_row(name, f"{mb_data:,.0f}", target, f"{command:.2f}", f"{query:.3f}")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Near-dedup accuracy on real code: our near_dedup stage vs datatrove's MinHash dedup, same sample.
+
+Ground truth: exact Jaccard of our code 5-gram shingles (`shingle_hashes`) over all pairs of a
+uniform sample, found with a prefix-filtered inverted index and checked against brute force on a
+sub-sample. A true pair (J >= threshold) is found when both files end in the same cluster.
+
+    .venv/bin/python bench/dedup_accuracy.py CORPUS_DIR [--sample 10000] [--threshold 0.7]
+
+CORPUS_DIR holds Parquet files with `content` (e.g. the data/ of `pipeline ingest @python /usr/include ...`).
+Files with fewer than 5 tokens have no shingles and are left out of the sample (exact dedup's job).
+"""
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_dedup import run_datatrove  # noqa: E402
+
+from stages.minhash import pair_jaccard  # noqa: E402
+from stages.shingles import batch_shingles  # noqa: E402
+
+BANDS = [("0.70-0.85", 0.70, 0.85), ("0.85-1", 0.85, 1.0), ("=1", 1.0, 1.1)]
+
+
+# -- ground truth -----------------------------------------------------------------------------------
+def shingle_sets(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    values, offsets, _ = batch_shingles(texts)
+    return values, offsets
+
+
+def all_pairs(values: np.ndarray, offsets: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair with Jaccard >= threshold (AllPairs prefix filtering): shingles are ranked rarest
+    first; two sets reaching the threshold share a shingle among their first |x| - ceil(t|x|) + 1."""
+    sizes = np.diff(offsets)
+    uniq, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    rank_of = np.empty(len(uniq), np.int64)
+    rank_of[np.lexsort((uniq, counts))] = np.arange(len(uniq))
+    ranks = rank_of[inverse]
+    doc = np.repeat(np.arange(len(sizes)), sizes)
+    order = np.lexsort((ranks, doc))  # per document, rarest first
+    ranks = ranks[order]
+    position = np.arange(len(ranks)) - np.repeat(offsets[:-1], sizes)
+    prefix = sizes - np.ceil(threshold * sizes - 1e-9).astype(np.int64) + 1
+    in_prefix = position < np.repeat(prefix, sizes)
+    tokens, docs = ranks[in_prefix], doc[in_prefix]
+    sort = np.lexsort((docs, tokens))
+    tokens, docs = tokens[sort], docs[sort]
+    starts = np.flatnonzero(np.r_[True, tokens[1:] != tokens[:-1]])
+    ends = np.r_[starts[1:], len(tokens)]
+    a_parts, b_parts = [], []
+    for s, e in zip(starts, ends, strict=True):
+        if e - s > 1:
+            i, j = np.triu_indices(e - s, 1)
+            a_parts.append(docs[s + i])
+            b_parts.append(docs[s + j])
+    if not a_parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    pairs = np.unique(np.stack([np.concatenate(a_parts), np.concatenate(b_parts)], 1), axis=0)
+    a, b = pairs[:, 0], pairs[:, 1]
+    small, large = np.minimum(sizes[a], sizes[b]), np.maximum(sizes[a], sizes[b])
+    keep = small >= threshold * large - 1e-9
+    a, b = a[keep], b[keep]
+    jac = pair_jaccard(ranks, offsets, a, b)
+    keep = jac >= threshold - 1e-12
+    return a[keep], b[keep], jac[keep]
+
+
+def brute_force(values, offsets, threshold):
+    n = len(offsets) - 1
+    a, b = np.triu_indices(n, 1)
+    jac = pair_jaccard(values, offsets, a, b)
+    keep = jac >= threshold - 1e-12
+    return a[keep], b[keep], jac[keep]
+
+
+# -- clusters of each tool --------------------------------------------------------------------------
+def our_clusters(sample: Path, work: Path, threshold: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """(cluster id per row, removed mask, seconds) from a real `pipeline run` of near_dedup."""
+    config = {"name": "accuracy", "input": {"paths": [str(sample)]}, "output": str(work / "ours"),
+              "executor": {"kind": "local", "workers": 2},
+              "stages": [{"near_dedup": {"level": "file", "threshold": threshold}}]}
+    (work / "ours.yaml").write_text(yaml.safe_dump(config))
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(work / "ours.yaml"), "--overwrite", "--quiet"],
+                   check=True)
+    seconds = time.perf_counter() - start
+    rows = pq.read_table(sample, columns=["repo_name", "path"])
+    key = {k: i for i, k in enumerate(zip(rows["repo_name"].to_pylist(), rows["path"].to_pylist(), strict=True))}
+    cluster = np.arange(rows.num_rows)
+    removed = np.zeros(rows.num_rows, bool)
+    dropped = pq.read_table(work / "ours" / "removed" / "near_dedup") if (work / "ours" / "removed" / "near_dedup"
+                                                                            ).exists() else None
+    if dropped is not None:
+        for repo, path, kept_repo, kept_path in zip(*(dropped[c].to_pylist() for c in
+                                                      ("repo_name", "path", "kept_repo_name", "kept_path")),
+                                                    strict=True):
+            i, k = key[(repo, path)], key[(kept_repo, kept_path)]
+            cluster[i], removed[i] = k, True
+    return cluster, removed, seconds
+
+
+def datatrove_clusters(sample: Path, work: Path, n: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """(cluster id per row, removed mask, seconds) from datatrove's four stages with its defaults."""
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
+
+    seconds, folders = run_datatrove(sample.parent, work / "datatrove", workers=2, config=MinhashConfig(),
+                                     tokenizer="en", glob=sample.name)
+    cluster, removed = np.arange(n), np.zeros(n, bool)
+    for f in sorted(folders["remove_ids"].glob("*.clusters")):
+        data = np.frombuffer(f.read_bytes(), np.uint32).reshape(-1, 2)
+        cluster[data[:, 0]] = n + data[:, 1]
+    for f in sorted(folders["remove_ids"].glob("*.remove")):
+        removed[np.frombuffer(f.read_bytes(), np.uint32)] = True
+    return cluster, removed, seconds
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+def evaluate(cluster: np.ndarray, removed: np.ndarray, a: np.ndarray, b: np.ndarray, jac: np.ndarray,
+             threshold: float) -> dict:
+    found = cluster[a] == cluster[b]
+    out = {}
+    for name, low, high in BANDS:
+        band = (jac >= low - 1e-12) & (jac < high - 1e-12) if high <= 1 else jac >= 1 - 1e-12
+        out[f"recall {name}"] = (float(found[band].mean()) if band.any() else math.nan, int(band.sum()))
+    true_pairs = set(zip(a.tolist(), b.tolist(), strict=True))
+    members: dict[int, list[int]] = {}
+    for i, c in enumerate(cluster.tolist()):
+        members.setdefault(c, []).append(i)
+    clustered = good = 0
+    for group in members.values():
+        for x in range(len(group)):
+            for y in range(x + 1, len(group)):
+                clustered += 1
+                good += (group[x], group[y]) in true_pairs
+    out["cluster precision"] = (good / clustered if clustered else math.nan, clustered)
+    neighbours: dict[int, set[int]] = {}
+    for x, y in true_pairs:
+        neighbours.setdefault(x, set()).add(y)
+        neighbours.setdefault(y, set()).add(x)
+    wrong = sum(1 for i in np.flatnonzero(removed)
+                if not any(cluster[j] == cluster[i] for j in neighbours.get(int(i), ())))
+    out["wrongly removed"] = (wrong, int(removed.sum()))
+    return out
+
+
+def sample_corpus(corpus: Path, size: int, seed: int, out: Path) -> pa.Table:
+    table = pa.concat_tables([pq.read_table(f) for f in sorted(corpus.glob("*.parquet"))], promote_options="permissive")
+    values, offsets = shingle_sets(table["content"])
+    eligible = np.flatnonzero(np.diff(offsets) > 0)
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(eligible, size=min(size, len(eligible)), replace=False))
+    sample = table.take(pa.array(chosen))
+    pq.write_table(sample, out)
+    return sample
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("corpus", type=Path)
+    parser.add_argument("--sample", type=int, default=10_000)
+    parser.add_argument("--threshold", type=float, default=0.7)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--brute-force-check", type=int, default=1500, help="sub-sample checked against brute force")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="dedup_accuracy_") as tmp:
+        work = Path(tmp)
+        (work / "sample").mkdir()
+        sample_file = work / "sample" / "sample.parquet"
+        sample = sample_corpus(args.corpus, args.sample, args.seed, sample_file)
+        values, offsets = shingle_sets(sample["content"])
+        start = time.perf_counter()
+        a, b, jac = all_pairs(values, offsets, args.threshold)
+        print(f"sample: {sample.num_rows} files, {pc.sum(pc.utf8_length(sample['content'])).as_py() / 1e6:.1f} MB; "
+              f"{len(a)} pairs with J >= {args.threshold} ({time.perf_counter() - start:.1f}s)")
+        m = min(args.brute_force_check, sample.num_rows)
+        sub_values, sub_offsets = values[: offsets[m]], offsets[: m + 1]
+        bf = brute_force(sub_values, sub_offsets, args.threshold)
+        pf = all_pairs(sub_values, sub_offsets, args.threshold)
+        assert set(zip(*bf[:2], strict=True)) == set(zip(*pf[:2], strict=True)), "prefix filter != brute force"
+        print(f"prefix filter == brute force on the first {m} files ({len(bf[0])} pairs)")
+        results = {}
+        for tool, run in (("codecurate near_dedup", lambda: our_clusters(sample_file, work, args.threshold)),
+                          ("datatrove 14x8 (defaults)", lambda: datatrove_clusters(sample_file, work,
+                                                                                   sample.num_rows))):
+            cluster, removed, seconds = run()
+            results[tool] = evaluate(cluster, removed, a, b, jac, args.threshold) | {"seconds": seconds}
+    print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+def print_table(results: dict) -> None:
+    names = [n for n, _, _ in BANDS]
+    header = ["tool", *(f"recall {n}" for n in names), "cluster precision", "wrongly removed"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for tool, r in results.items():
+        cells = [f"{r[f'recall {n}'][0]:.3f} ({r[f'recall {n}'][1]})" for n in names]
+        cells.append(f"{r['cluster precision'][0]:.4f} ({r['cluster precision'][1]} pairs)")
+        wrong, total = r["wrongly removed"]
+        cells.append(f"{wrong} of {total} ({100 * wrong / max(total, 1):.2f}%)")
+        print(f"| {tool} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Opt-out: parse requests, verify ownership, keep an append-only registry, apply it to a release."""

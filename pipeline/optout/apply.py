@@ -1,0 +1,458 @@
+"""`pipeline optout apply --dataset DIR --output DIR2`: a new release with the registry's opt-outs.
+
+The new release is what a full re-run with the current registry gives (`replay.py` decides which
+records leave and which come back), but only the shards holding affected records are rewritten,
+row group by row group; every other shard, `input_ids.parquet` and the logs are hard-linked (copied
+across file systems). Removed rows go to `removed/opt_out/` (as they entered it: the columns later
+stages added are dropped); stats.json, manifest.json, the data card and CHANGELOG.md are written
+anew. The release is built in a hidden sibling directory and renamed into place when whole.
+"""
+
+import json
+import os
+import re
+import shutil
+from bisect import bisect_right
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.card import write_card
+from pipeline.config import RunConfig, StageSpec
+from pipeline.errors import UserError
+from pipeline.executors.local import cpu_count
+from pipeline.io.files import write_json_atomic
+from pipeline.optout.replay import CLUSTERS, Catalog, Move, Ref, Replay
+from pipeline.records import CONTENT, KEEP_FIELDS, REMOVAL_KEYS
+from pipeline.runner import REMOVAL_COLUMNS, config_fingerprint
+from pipeline.stats import COUNTS, totals
+
+SHARD_NAME = re.compile(r"(\d{5})_(\d{3})\.parquet")
+CATALOG_COLUMNS = ("repo_name", "path", "blob_id", *KEEP_FIELDS[:4], "language", "removal_reason",
+                   "kept_repo_name", "kept_path")
+# SPEC input columns: a column a stage "adds" that is one of these may have come with the input.
+STACK_COLUMNS = frozenset({"repo_name", "path", "content", "blob_id", "language", "extension", "length_bytes",
+                           "license_type", "detected_licenses", "star_events_count", "fork_events_count",
+                           "revision_date", "src_encoding"})
+CHANGELOG = "CHANGELOG.md"
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: Path  # in the old release
+    rel: str  # relative to the release root
+    loc: int  # stage index of removed/<stage>/, len(stages) for data/
+
+    @property
+    def task(self) -> int:
+        m = SHARD_NAME.fullmatch(self.path.name)
+        return int(m.group(1)) if m else 0
+
+
+class OldRelease:
+    """A complete output directory: its manifest, stats, stages (rebuilt from the manifest) and shards."""
+
+    def __init__(self, path: Path, registry: str | None):
+        from stages import STAGES
+
+        self.path = path
+        for name in ("manifest.json", "stats.json", "data"):
+            if not (path / name).exists():
+                raise UserError(f"{path}: not a codecurate output (missing {name})")
+        self.manifest = json.loads((path / "manifest.json").read_text())
+        self.stats = json.loads((path / "stats.json").read_text())
+        if not self.manifest.get("complete"):
+            raise UserError(f"{path}: the run is not complete; finish it (pipeline run --resume) first")
+        self.specs = [dict(s) for s in self.manifest["stages"]]
+        kinds = [s["kind"] for s in self.specs]
+        self.inserted = "opt_out" not in kinds
+        if self.inserted:  # an output made without opt_out: as if it had run first
+            if registry is None:
+                raise UserError(f"{path}: made without an opt_out stage; give the registry with --registry")
+            self.specs.insert(0, {"kind": "opt_out", "name": "opt_out", "options": {"registry": registry}})
+        self.k = [s["kind"] for s in self.specs].index("opt_out")
+        if registry is not None:
+            self.specs[self.k]["options"] = dict(self.specs[self.k]["options"], registry=str(Path(registry).resolve()))
+        unknown = [s["kind"] for s in self.specs if s["kind"] not in STAGES]
+        if unknown:
+            raise UserError(f"{path}: made with stages this installation does not have: {', '.join(unknown)}")
+        self.spec_models = [StageSpec(kind=s["kind"], name=s["name"], options=STAGES[s["kind"]].Options(**s["options"]))
+                            for s in self.specs]
+        self.stages = [STAGES[s.kind](s.name, s.options) for s in self.spec_models]
+        self.names = [s.name for s in self.spec_models]
+        n = len(self.specs)
+        self.shards = [Shard(p, f"data/{p.name}", n) for p in sorted((path / "data").glob("*.parquet"))]
+        for j in range(self.k + 1, n):
+            folder = path / "removed" / self.names[j]
+            self.shards += [Shard(p, f"removed/{self.names[j]}/{p.name}", j) for p in sorted(folder.glob("*.parquet"))]
+
+    @property
+    def optouts(self):
+        return self.stages[self.k].optouts
+
+    def folder_of(self, pos: int) -> Path:
+        return self.path / ("data" if pos == len(self.specs) else f"removed/{self.names[pos]}")
+
+    def entered_schema(self, pos: int) -> pa.Schema:
+        """The columns a record has when it enters stage `pos` (len(stages): data/). Exact from the
+        nearest shards written at or before it, else derived back from the shards after it."""
+        evidence = [(-1, self.path / "removed" / "read")] + [(i, self.folder_of(i)) for i in range(len(self.specs) + 1)]
+        found = [(i, next(iter(sorted(f.glob("*.parquet"))), None)) for i, f in evidence]
+        found = [(max(i, 0), pq.read_schema(p)) for i, p in found if p is not None]
+        before = [(i, s) for i, s in found if i <= pos]
+        if before:
+            i, schema = before[-1]
+            schema = _drop(schema, REMOVAL_KEYS)
+            for stage in self.stages[i:pos]:
+                schema = _append(schema, stage.added_columns.items())
+            return schema
+        i, schema = min((f for f in found if f[0] > pos), key=lambda f: f[0], default=(len(self.specs), pa.schema([])))
+        later = {c for stage in self.stages[pos:i] for c in stage.added_columns} - STACK_COLUMNS
+        return _drop(_drop(schema, REMOVAL_KEYS), later)
+
+    def folder_schema(self, pos: int) -> pa.Schema:
+        existing = sorted(self.folder_of(pos).glob("*.parquet"))
+        if existing:
+            return pq.read_schema(existing[0])
+        schema = self.entered_schema(pos)
+        return schema if pos == len(self.specs) else _append(schema, REMOVAL_COLUMNS)
+
+
+def _append(schema: pa.Schema, columns) -> pa.Schema:
+    for name, dtype in columns:
+        if name not in schema.names:
+            schema = schema.append(pa.field(name, dtype))
+    return schema
+
+
+def _drop(schema: pa.Schema, names) -> pa.Schema:
+    return pa.schema([f for f in schema if f.name not in set(names)])
+
+
+def _project(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    columns = []
+    for f in schema:
+        if f.name in table.column_names:
+            column = table[f.name]
+            columns.append(column if column.type == f.type else column.cast(f.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, f.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _read_catalog(shard: Shard | None, index: int = 0) -> pa.Table:
+    """The catalog columns of one shard (None: an empty catalog)."""
+    if shard is None:
+        table = pa.table({})
+    else:
+        names = set(pq.read_schema(shard.path).names)
+        table = pq.read_table(shard.path, columns=[c for c in CATALOG_COLUMNS if c in names])
+    n = table.num_rows
+    for c in CATALOG_COLUMNS:
+        if c not in table.column_names:
+            table = table.append_column(c, pa.nulls(n, pa.string()))
+    table = table.select(list(CATALOG_COLUMNS))
+    loc = shard.loc if shard else 0
+    return table.append_column("_loc", pa.array([loc] * n, pa.int32())).append_column(
+        "_file", pa.array([index] * n, pa.int32())).append_column("_row", pa.array(range(n), pa.int64()))
+
+
+class ReleaseWriter:
+    """Writes the new release's shards into `tmp`: rewritten, hard-linked and new ones."""
+
+    def __init__(self, old: OldRelease, tmp: Path):
+        self.old, self.tmp = old, tmp
+        output = old.manifest["config"]["output"]
+        self.compression_level = output.get("compression_level", 3)
+        self.row_group_bytes = output.get("row_group_bytes", 32 * 2**20)
+        self.schemas: dict[int, pa.Schema] = {}
+        self.counts: Counter = Counter()  # shards rewritten, linked, new
+
+    def write(self, replay: Replay) -> dict[Ref, int]:
+        """Apply the replay's decisions; returns the UTF-8 size of every row that left its shard."""
+        shards = self.old.shards
+        moves: dict[int, dict[int, Move | None]] = defaultdict(dict)
+        for ref, move in replay.moves.items():
+            moves[ref.file][ref.row] = move
+        updates: dict[int, dict[int, dict]] = defaultdict(dict)
+        for ref, update in replay.updates.items():
+            updates[ref.file][ref.row] = update
+        touched = sorted(set(moves) | set(updates))
+        with ThreadPoolExecutor(cpu_count()) as pool:
+            results = list(pool.map(lambda i: self.rewrite(shards[i], i, moves[i], updates[i]), touched))
+        self.counts["rewritten"] = len(touched)
+        self.link_the_rest(set(touched))
+        new: dict[tuple[int, int], list[pa.Table]] = defaultdict(list)  # (stage index, task) -> rows
+        pos_of = {name: i for i, name in enumerate(self.old.names)}
+        sizes: dict[Ref, int] = {}
+        for index, (moved, moved_sizes) in zip(touched, results, strict=True):
+            sizes.update(moved_sizes)
+            for taken, dest in moved:
+                for folder in sorted({m.folder for m in dest if m is not None}):
+                    rows = [i for i, m in enumerate(dest) if m is not None and m.folder == folder]
+                    part = self.removed_rows(taken.take(pa.array(rows, pa.int64())), [dest[i] for i in rows],
+                                             pos_of[folder])
+                    new[(pos_of[folder], shards[index].task)].append(part)
+        made = defaultdict(list, {(pos_of[folder], task): rows for (folder, task), rows in replay.new_rows.items()})
+        for arrival in replay.arrivals:
+            made[(len(self.old.specs), arrival.task)].append(arrival.row)
+        for (pos, task), rows in made.items():
+            new[(pos, task)].append(pa.Table.from_pylist(rows, schema=self.schema(pos)))
+        for (pos, task), tables in sorted(new.items()):
+            self.write_new(pos, task, pa.concat_tables(tables))
+        return sizes
+
+    def schema(self, pos: int) -> pa.Schema:
+        if pos not in self.schemas:
+            self.schemas[pos] = self.old.folder_schema(pos)
+        return self.schemas[pos]
+
+    def removed_rows(self, rows: pa.Table, moves: list[Move], pos: int) -> pa.Table:
+        """Rows moving to removed/<stage pos>/: as they entered that stage, with their removal columns."""
+        table = _project(rows.drop_columns([c for c in REMOVAL_KEYS if c in rows.column_names]), self.schema(pos))
+        for column, attr in (("removed_by", "folder"), ("removal_reason", "reason"),
+                             ("kept_repo_name", "kept_repo_name"), ("kept_path", "kept_path")):
+            table = table.set_column(table.schema.get_field_index(column), column,
+                                     pa.array([getattr(m, attr) for m in moves], pa.string()))
+        return table
+
+    def rewrite(self, shard: Shard, index: int, moves: dict[int, Move | None], updates: dict[int, dict]):
+        """Copy `shard` without its moved rows and with `updates`, row group by row group.
+        Returns the moved rows with their Move (None: promoted) and every moved row's size."""
+        pf = pq.ParquetFile(shard.path)
+        path = self.tmp / shard.rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer, offset, moved, sizes = None, 0, [], {}
+        for g in range(pf.num_row_groups):
+            table = pf.read_row_group(g)
+            rows = range(offset, offset + table.num_rows)
+            offset += table.num_rows
+            changed = [(i, updates[r]) for i, r in enumerate(rows) if r in updates]
+            for column in ("removal_reason", "kept_repo_name", "kept_path") if changed else ():
+                values = table[column].to_pylist()
+                for i, update in changed:
+                    values[i] = update[column]
+                table = table.set_column(table.schema.get_field_index(column), column,
+                                         pa.array(values, table.schema.field(column).type))
+            gone = [i for i, r in enumerate(rows) if r in moves]
+            if gone:
+                taken = table.take(pa.array(gone, pa.int64()))
+                for i, length in zip(gone, pc.binary_length(taken[CONTENT]).to_pylist(), strict=True):
+                    sizes[Ref(index, rows[i])] = length or 0
+                moved.append((taken, [moves[rows[i]] for i in gone]))
+                table = table.filter(pc.invert(pc.is_in(pa.array(range(table.num_rows)), value_set=pa.array(gone))))
+            if table.num_rows:
+                if writer is None:
+                    writer = pq.ParquetWriter(path, pf.schema_arrow, compression="zstd",
+                                              compression_level=self.compression_level)
+                writer.write_table(table, row_group_size=table.num_rows)
+        if writer is not None:
+            writer.close()
+        return moved, sizes
+
+    def link_the_rest(self, touched: set[int]) -> None:
+        """Hard-link the shards left as they were, the removed/ folders up to opt_out, the input ids
+        and the logs (not the card, its plots or caches: they are made anew or rebuilt on use)."""
+        for i, shard in enumerate(self.old.shards):
+            if i not in touched:
+                self.link(shard.path, shard.rel)
+                self.counts["linked"] += 1
+        replayed = {s.rel for s in self.old.shards}
+        for path in sorted(self.old.path.rglob("*")):
+            rel = path.relative_to(self.old.path).as_posix()
+            if rel not in replayed and (rel == "input_ids.parquet" or rel.startswith(("logs/", "removed/"))):
+                if path.is_dir():
+                    (self.tmp / rel).mkdir(parents=True, exist_ok=True)
+                else:
+                    self.link(path, rel)
+
+    def link(self, src: Path, rel: str) -> None:
+        dst = self.tmp / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    def write_new(self, pos: int, task: int, table: pa.Table) -> None:
+        """A new shard `{task}_{next n}` of data/ or removed/<stage pos>/, rows in identity order."""
+        folder = "data" if pos == len(self.old.specs) else f"removed/{self.old.names[pos]}"
+        table = table.take(pc.sort_indices(table, [(c, "ascending") for c in ("repo_name", "path", "blob_id")]))
+        taken = [int(m.group(2)) for p in (self.old.path / folder).glob(f"{task:05d}_*.parquet")
+                 if (m := SHARD_NAME.fullmatch(p.name))]
+        path = self.tmp / folder / f"{task:05d}_{max(taken, default=-1) + 1:03d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        size = pc.sum(pc.binary_length(table[CONTENT])).as_py() or 0
+        rows = max(1, int(table.num_rows * self.row_group_bytes / size)) if size else None
+        pq.write_table(table, path, compression="zstd", compression_level=self.compression_level, row_group_size=rows)
+        self.counts["new"] += 1
+
+
+def fetch_rows(shards: list[Shard], refs: list[Ref]) -> list[dict]:
+    """Full rows of the old release, in the order of `refs`; each row group needed is read once."""
+    wanted: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)  # (file, group) -> (row, offset)
+    for ref in refs:
+        starts = _group_starts(shards[ref.file].path)
+        group = bisect_right(starts, ref.row) - 1
+        wanted[(ref.file, group)].append((ref.row, ref.row - starts[group]))
+
+    def read(item) -> dict[Ref, dict]:
+        (file, group), rows = item
+        table = pq.ParquetFile(shards[file].path).read_row_group(group)
+        taken = table.take(pa.array([offset for _, offset in rows], pa.int64())).to_pylist()
+        return {Ref(file, row): values for (row, _), values in zip(rows, taken, strict=True)}
+
+    found: dict[Ref, dict] = {}
+    with ThreadPoolExecutor(cpu_count()) as pool:
+        for part in pool.map(read, sorted(wanted.items())):
+            found.update(part)
+    return [found[ref] for ref in refs]
+
+
+@cache
+def _group_starts(path: Path) -> list[int]:
+    """The first row of each row group of a shard."""
+    meta = pq.ParquetFile(path).metadata
+    starts = [0]
+    for g in range(meta.num_row_groups - 1):
+        starts.append(starts[-1] + meta.row_group(g).num_rows)
+    return starts
+
+
+def plan(old: OldRelease) -> Replay:
+    """Catalog the shards after opt_out, find the newly opted-out records and replay the stages."""
+    shards = old.shards
+    with ThreadPoolExecutor(cpu_count()) as pool:
+        parts = list(pool.map(_read_catalog, shards, range(len(shards))))
+    table = pa.concat_tables(parts, promote_options="permissive") if parts else _read_catalog(None)
+    optouts = old.optouts
+    names = pc.unique(table["repo_name"].filter(optouts.mask(table["repo_name"]))).to_pylist() if len(optouts) else []
+    replay = Replay(old.stages, old.k, Catalog(table), lambda refs: fetch_rows(shards, refs), lambda f: shards[f].task)
+    replay.opt_out({name: optouts.reason(name) for name in names})
+    replay.run()
+    return replay
+
+
+def apply_optouts(dataset: str | Path, output: str | Path, registry: str | None = None,
+                  overwrite: bool = False) -> dict:
+    """Write the new release; returns its manifest's `release` summary."""
+    src, dst = Path(dataset).resolve(), Path(output).resolve()
+    if src == dst or dst.is_relative_to(src) or src.is_relative_to(dst):
+        raise UserError(f"{output}: the new release must be a directory apart from {dataset}")
+    if dst.exists() and any(dst.iterdir()):
+        if not overwrite:
+            raise UserError(f"{output}: exists; use --overwrite or another --output")
+        if not (dst / "manifest.json").exists():
+            raise UserError(f"{output}: not a codecurate output directory; refusing to overwrite it")
+    old = OldRelease(src, registry)
+    started = datetime.now(UTC)
+    tmp = dst.with_name(f".{dst.name}.optout-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        replay = plan(old)
+        writer = ReleaseWriter(old, tmp)
+        replay.account(writer.write(replay))
+        stats = _new_stats(old, replay, writer.schema(len(old.specs)))
+        leaving = replay.leaving.values()
+        summary = {
+            "derived_from": str(old.path), "applied_at": started.isoformat(),
+            "optout_registry": old.specs[old.k]["options"]["registry"],
+            "optout_registry_version_before": old.manifest.get("optout_registry_version"),
+            "optout_registry_version": old.optouts.version,
+            "records_opted_out": sum(1 for lv in leaving if lv.removed_at == old.k),
+            "records_promoted": dict(replay.promoted),
+            "records_demoted": sum(1 for lv in leaving if lv.removed_at != old.k),
+            "duplicates_repointed": len(replay.updates), "arrivals_unchecked": dict(replay.unchecked),
+            "shards_rewritten": writer.counts["rewritten"], "shards_new": writer.counts["new"],
+            "shards_linked": writer.counts["linked"],
+        }
+        manifest = _new_manifest(old, dst, summary)
+        write_json_atomic(tmp / "stats.json", stats)
+        write_json_atomic(tmp / "manifest.json", manifest)
+        write_card(tmp, manifest, stats)
+        _write_changelog(old, tmp, summary, leaving, stats)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+    return summary
+
+
+def _new_stats(old: OldRelease, replay: Replay, data_schema: pa.Schema) -> dict:
+    """The old stats with the replay's deltas; languages and totals follow data/."""
+    stats = {**old.stats, "stages": [dict(s, details=dict(s["details"])) for s in old.stats["stages"]]}
+    if old.inserted:
+        read = stats["stages"][0]
+        stats["stages"].insert(1, {"name": old.names[0], "records_in": read["records_out"],
+                                   "records_out": read["records_out"], "records_removed": 0,
+                                   "bytes_in": read["bytes_out"], "bytes_out": read["bytes_out"], "seconds": 0.0,
+                                   "details": {}})
+    for entry, delta in zip(stats["stages"][1:], replay.deltas, strict=True):
+        for key in COUNTS:
+            entry[key] += delta.counts.get(key, 0)
+        details = Counter(entry["details"])
+        details.update({k: v for k, v in delta.details.items() if k != CLUSTERS or k in details})
+        entry["details"] = {k: v for k, v in sorted(details.items()) if v}
+    has_language = "language" in data_schema.names
+    languages = {lang: dict(v) for lang, v in old.stats["languages"].items()}
+    for lv in replay.leaving.values():
+        if lv.old_pos == len(old.specs):
+            lang = (lv.language if has_language else None) or "unknown"
+            languages[lang]["records"] -= 1
+            languages[lang]["bytes"] -= replay.sizes[lv.ref]
+    for arrival in replay.arrivals:
+        lang = (arrival.row.get("language") if has_language else None) or "unknown"
+        entry = languages.setdefault(lang, {"records": 0, "bytes": 0})
+        entry["records"] += 1
+        entry["bytes"] += arrival.size
+    stats["languages"] = dict(sorted(((k, v) for k, v in languages.items() if v["records"]),
+                                     key=lambda kv: (-kv[1]["records"], kv[0])))
+    stats["totals"] = totals(stats["stages"], stats["languages"])
+    return stats
+
+
+def _new_manifest(old: OldRelease, dst: Path, summary: dict) -> dict:
+    manifest = dict(old.manifest)
+    config = dict(manifest["config"], output=dict(manifest["config"]["output"], path=str(dst)))
+    if old.inserted:
+        config["stages"] = [{"opt_out": old.specs[0]["options"]}, *config.get("stages", [])]
+    manifest.update(config=config, stages=old.specs, optout_registry_version=old.optouts.version, release=summary,
+                    complete=True)
+    info = {k: v for s in old.stages if hasattr(s, "manifest_info") for k, v in s.manifest_info().items()}
+    manifest["config_fingerprint"] = config_fingerprint(RunConfig(**config), old.spec_models, info)
+    return manifest
+
+
+def _write_changelog(old: OldRelease, tmp: Path, summary: dict, leaving, stats: dict) -> None:
+    removed = Counter(lv.new_reason for lv in leaving if lv.removed_at == old.k)
+    before, after = old.stats["totals"], stats["totals"]
+    lines = [f"## {summary['applied_at'][:19]}Z: opt-out registry version "
+             f"{summary['optout_registry_version_before']} -> {summary['optout_registry_version']}", "",
+             f"Derived from `{summary['derived_from']}`: data/ {before['records_out']:,} -> {after['records_out']:,} "
+             f"records ({before['bytes_out'] / 1e6:,.1f} -> {after['bytes_out'] / 1e6:,.1f} MB).", "",
+             f"- {summary['records_opted_out']:,} records moved to `removed/{old.names[old.k]}/`:"]
+    lines += [f"  - `{reason}`: {count:,}" for reason, count in sorted(removed.items())] or ["  - none"]
+    for stage, count in sorted(summary["records_promoted"].items()):
+        lines.append(f"- {stage}: {count:,} records promoted back (their cluster's kept record left)")
+    if summary["records_demoted"]:
+        lines.append(f"- {summary['records_demoted']:,} records now lose their dedup cluster to a promoted record")
+    if summary["duplicates_repointed"]:
+        lines.append(f"- {summary['duplicates_repointed']:,} removed duplicates now point to their new kept record")
+    for stage, count in sorted(summary["arrivals_unchecked"].items()):
+        lines.append(f"- {stage}: {count:,} promoted records had no same-content record in the old input of this "
+                     "dedup stage and were kept unchecked (a full re-run compares them)")
+    lines.append(f"- shards: {summary['shards_rewritten']} rewritten, {summary['shards_new']} new, "
+                 f"{summary['shards_linked']} unchanged (hard-linked)")
+    previous = old.path / CHANGELOG
+    history = previous.read_text().split("\n", 2)[2] if previous.exists() else ""
+    (tmp / CHANGELOG).write_text("\n".join(["# Changelog", "", *lines, "", history]).rstrip() + "\n")

@@ -1,0 +1,185 @@
+"""The `pii` stage: the issue's thresholds on the labelled set, offline operation, end to end through the CLI."""
+
+import ipaddress
+import json
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import spacy
+from conftest import REPO, read_dir, run_cli, write_config, write_parquet
+from datatrove.data import Document
+
+from stages.pii import Pii, PiiOptions
+
+sys.path.insert(0, str(REPO / "bench"))
+import make_pii_eval as evalset  # noqa: E402
+
+
+def _stage(**options) -> Pii:
+    stage = Pii("pii", PiiOptions(**options))
+    stage.setup(0, 1)
+    return stage
+
+
+def _doc(text: str, blob: str = "b1", **meta) -> Document:
+    return Document(text=text, id=blob, metadata={"blob_id": blob, **meta})
+
+
+@pytest.fixture(scope="module")
+def stage() -> Pii:
+    return _stage()
+
+
+def test_labelled_set_meets_the_issue_thresholds():
+    cases = evalset.make_cases(positives=320, negatives=320, seed=0)
+    result = evalset.run(cases)
+    table = result["entities"]
+    assert len(cases) == 640 and result["negative_controls"] >= 300
+    assert all(table[e]["planted"] >= 100 for e in evalset.ENTITIES)
+    for entity in ("KEY", "EMAIL", "IP_ADDRESS"):
+        assert table[entity]["recall"] >= 0.98, (entity, result["misses"][:5])
+    assert table["PASSWORD"]["recall"] >= 0.9, result["misses"][:5]
+    assert result["precision"] >= 0.95, result["false_positives"][:5]
+    assert result["leaks"] == []
+
+
+def test_negative_controls_are_left_alone(stage):
+    text = "\n".join(text.replace("{c}", "# ") for _, _, text in evalset.negative_templates(
+        evalset.Values(__import__("random").Random(3))))
+    doc = _doc(text)
+    assert stage.filter_batch([doc]) == [True]
+    assert doc.text == text and doc.metadata["pii_redactions"] == 0
+
+
+def test_placeholders_and_counts(stage):
+    text = ('maintainer = "Ada Roe <ada.roe@gmail.com>"\nHOST = "93.184.216.34"  # also 8.8.8.8 and 10.0.0.1\n'
+            'token = "ghp_aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bD1fH3jL5"\ndb_password = "Tr0ub4dor&3"\n'
+            '__version__ = "1.2.3.4"\nreply to ada.roe@gmail.com\n')
+    doc = _doc(text)
+    assert stage.filter_batch([doc]) == [True]
+    assert doc.text == ('maintainer = "Ada Roe <<EMAIL>>"\nHOST = "<IP_ADDRESS>"  # also 8.8.8.8 and 10.0.0.1\n'
+                        'token = "<KEY>"\ndb_password = "<PASSWORD>"\n__version__ = "1.2.3.4"\nreply to <EMAIL>\n')
+    assert doc.metadata["pii_redactions"] == 5
+
+
+def test_fake_mode_is_valid_consistent_and_seeded_by_blob():
+    stage = _stage(mode="fake")
+    text = ('a = "ada@gmail.com"\nb = "ada@gmail.com"\nc = "bob@yahoo.com"\nip = "93.184.216.34"\n'
+            'k = "AKIAQ7XW2RTY5UIO3PLM"\n')
+
+    def run(blob):
+        doc = _doc(text, blob)
+        stage.filter_batch([doc])
+        return doc.text.splitlines()
+
+    lines = run("blob-1")
+    first, second, third = (line.split('"')[1] for line in lines[:3])
+    assert first == second != third and first.endswith("@example.com") and third.endswith("@example.com")
+    assert ipaddress.ip_address(lines[3].split('"')[1]).is_private
+    assert len(lines[4].split('"')[1]) == 32
+    assert run("blob-1") == lines and run("blob-2") != lines
+
+
+def test_runs_with_the_network_blocked(tmp_path, monkeypatch):
+    """Setup builds and saves spacy.blank("en") and loads presidio and tldextract with no socket at all."""
+    from stages import pii_recognizers
+
+    def blocked(*args, **kwargs):
+        raise OSError("network access blocked by the test")
+
+    monkeypatch.setenv("CODECURATE_CACHE", str(tmp_path / "cache"))
+    for name in ("socket", "create_connection", "getaddrinfo"):
+        monkeypatch.setattr(socket, name, blocked)
+    pii_recognizers.offline_tldextract.cache_clear()
+    try:
+        stage = _stage()
+        doc = _doc("contact = 'jane.doe@company.co.uk'  # server 93.184.216.34\n")
+        assert stage.filter_batch([doc]) == [True]
+        assert doc.text == "contact = '<EMAIL>'  # server <IP_ADDRESS>\n"
+        assert list((tmp_path / "cache").glob("spacy-blank-en-*/config.cfg"))
+    finally:
+        pii_recognizers.offline_tldextract.cache_clear()
+
+
+def test_name_with_a_user_supplied_ner_pipeline(tmp_path):
+    """NAME is presidio's SpacyRecognizer over the user's spaCy pipeline (here a real entity_ruler)."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("entity_ruler").add_patterns([{"label": "PERSON", "pattern": "Ada Lovelace"}])
+    nlp.to_disk(tmp_path / "ner")
+    stage = _stage(entities=["NAME", "EMAIL"], ner_model=str(tmp_path / "ner"))
+    doc = _doc("# Author: Ada Lovelace <ada@gmail.com>\nx = 1\n")
+    stage.filter_batch([doc])
+    assert doc.text == "# Author: <NAME> <<EMAIL>>\nx = 1\n"
+    assert stage.details["NAME"] == 1 and stage.details["EMAIL"] == 1
+
+
+def test_sft_messages_are_redacted_turn_by_turn(stage):
+    turns = [{"role": "user", "content": "my key is AKIAQ7XW2RTY5UIO3PLM"}, {"role": "assistant", "content": "ok"}]
+    stage_messages = _stage(text_field="messages")
+    doc = _doc("", messages=turns)
+    stage_messages.filter_batch([doc])
+    assert doc.metadata["messages"] == [{"role": "user", "content": "my key is <KEY>"},
+                                        {"role": "assistant", "content": "ok"}]
+
+
+def _planted_corpus(tmp_path: Path, positives: int, negatives: int, seed: int) -> tuple[Path, list]:
+    cases = evalset.make_cases(positives, negatives, seed=seed)
+    rows = [{"repo_name": f"planted/repo{i % 7}", "path": f"src/file{i}{Path(c.path).suffix}", "content": c.text}
+            for i, c in enumerate(cases)]
+    write_parquet(tmp_path / "in" / "planted.parquet", rows, row_group_size=40)
+    return tmp_path / "in", cases
+
+
+def test_pipeline_run_leaves_no_planted_secret(tmp_path):
+    inputs, cases = _planted_corpus(tmp_path, positives=90, negatives=40, seed=11)
+    cfg = write_config(tmp_path / "c.yaml", [{"pii": {}}], [str(inputs)])
+    result = run_cli("run", str(cfg))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    assert run_cli("verify", str(out)).returncode == 0
+    data = read_dir(out / "data")
+    assert data.num_rows == len(cases)
+    text = "\n".join(data["content"].to_pylist())
+    secrets = [p.value for c in cases for p in c.planted if p.entity]
+    controls = [p.value for c in cases for p in c.planted if p.entity is None]
+    assert secrets and [s for s in secrets if s in text] == []
+    assert controls and [c for c in controls if c not in text] == []
+    stats = json.loads((out / "stats.json").read_text())
+    pii = next(s for s in stats["stages"] if s["name"] == "pii")
+    assert sum(data["pii_redactions"].to_pylist()) == sum(pii["details"][e] for e in evalset.ENTITIES
+                                                          if e in pii["details"])
+    assert all(pii["details"].get(e, 0) >= 20 for e in evalset.ENTITIES)
+    written = [p.read_text(errors="replace") for p in [out / "stats.json", out / "manifest.json", out / "data_card.md",
+                                                         *(out / "logs").rglob("*")] if p.is_file()]
+    assert not [s for s in secrets if any(s in w for w in written)]
+
+
+def test_drop_action_moves_records_with_their_entities(tmp_path):
+    rows = [{"repo_name": "o/keys", "path": "deploy/id_rsa.pem", "content": evalset.Values(
+                __import__("random").Random(1)).pem("RSA PRIVATE KEY") + "\n"},
+            {"repo_name": "o/app", "path": "settings.py",
+             "content": 'ADMIN = "ada.roe@gmail.com"\nDB_PASSWORD = "x9Y!zz88q"\n'},
+            {"repo_name": "o/app", "path": "util.py", "content": "def add(a, b):\n    return a + b\n"}]
+    write_parquet(tmp_path / "in" / "a.parquet", rows)
+    cfg = write_config(tmp_path / "c.yaml", [{"pii": {"action": "drop"}}], [str(tmp_path / "in")])
+    result = run_cli("run", str(cfg))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    assert run_cli("verify", str(out)).returncode == 0
+    removed = read_dir(out / "removed" / "pii").to_pylist()
+    reasons = {r["path"]: r["removal_reason"] for r in removed}
+    assert reasons == {"deploy/id_rsa.pem": "pii:KEY", "settings.py": "pii:EMAIL,PASSWORD"}
+    assert {r["path"]: r["content"] for r in removed}["settings.py"] == rows[1]["content"]  # the audit trail is raw
+    kept = read_dir(out / "data").to_pylist()
+    assert [(r["path"], r["pii_redactions"], r["content"]) for r in kept] == [("util.py", 0, rows[2]["content"])]
+
+
+def test_name_without_ner_model_is_a_config_error(tmp_path):
+    write_parquet(tmp_path / "in" / "a.parquet", [{"repo_name": "o/r", "path": "a.py", "content": "x = 1\n"}])
+    cfg = write_config(tmp_path / "c.yaml", [{"pii": {"entities": ["EMAIL", "NAME"]}}], [str(tmp_path / "in")])
+    result = run_cli("run", str(cfg))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip()
+    assert "\n" not in line and "stages[0].pii" in line and "ner_model" in line
