@@ -127,8 +127,11 @@ def datatrove_clusters(sample: Path, work: Path, n: int) -> tuple[np.ndarray, np
 
 
 # -- metrics ---------------------------------------------------------------------------------------
-def evaluate(cluster: np.ndarray, removed: np.ndarray, a: np.ndarray, b: np.ndarray, jac: np.ndarray,
+def evaluate(cluster: np.ndarray, removed: np.ndarray, truth: tuple, values: np.ndarray, offsets: np.ndarray,
              threshold: float) -> dict:
+    """Recall per J band, pairwise precision of the clusters, removed files with no true neighbour in
+    their cluster, and the share of removed files similar to their cluster's kept file."""
+    a, b, jac = truth
     found = cluster[a] == cluster[b]
     out = {}
     for name, low, high in BANDS:
@@ -152,11 +155,18 @@ def evaluate(cluster: np.ndarray, removed: np.ndarray, a: np.ndarray, b: np.ndar
     wrong = sum(1 for i in np.flatnonzero(removed)
                 if not any(cluster[j] == cluster[i] for j in neighbours.get(int(i), ())))
     out["wrongly removed"] = (wrong, int(removed.sum()))
+    kept_of = {c: i for i, c in enumerate(cluster.tolist()) if not removed[i]}
+    gone = np.flatnonzero(removed)
+    kept = np.array([kept_of.get(int(cluster[i]), i) for i in gone], np.int64)
+    direct = pair_jaccard(values, offsets, gone, kept) >= threshold - 1e-12
+    out["removed ~ kept"] = (float(direct.mean()) if len(gone) else math.nan, len(gone))
     return out
 
 
-def sample_corpus(corpus: Path, size: int, seed: int, out: Path) -> pa.Table:
+def sample_corpus(corpus: Path, size: int, seed: int, out: Path, exclude: str | None = None) -> pa.Table:
     table = pa.concat_tables([pq.read_table(f) for f in sorted(corpus.glob("*.parquet"))], promote_options="permissive")
+    if exclude:
+        table = table.filter(pc.invert(pc.match_substring_regex(table["repo_name"], exclude)))
     values, offsets = shingle_sets(table["content"])
     eligible = np.flatnonzero(np.diff(offsets) > 0)
     rng = np.random.default_rng(seed)
@@ -172,6 +182,7 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=10_000)
     parser.add_argument("--threshold", type=float, default=0.7)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--exclude-repos", help="regex of repo_name left out of the corpus before sampling")
     parser.add_argument("--brute-force-check", type=int, default=1500, help="sub-sample checked against brute force")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -179,7 +190,7 @@ def main() -> None:
         work = Path(tmp)
         (work / "sample").mkdir()
         sample_file = work / "sample" / "sample.parquet"
-        sample = sample_corpus(args.corpus, args.sample, args.seed, sample_file)
+        sample = sample_corpus(args.corpus, args.sample, args.seed, sample_file, args.exclude_repos)
         values, offsets = shingle_sets(sample["content"])
         start = time.perf_counter()
         a, b, jac = all_pairs(values, offsets, args.threshold)
@@ -196,7 +207,8 @@ def main() -> None:
                           ("datatrove 14x8 (defaults)", lambda: datatrove_clusters(sample_file, work,
                                                                                    sample.num_rows))):
             cluster, removed, seconds = run()
-            results[tool] = evaluate(cluster, removed, a, b, jac, args.threshold) | {"seconds": seconds}
+            results[tool] = evaluate(cluster, removed, (a, b, jac), values, offsets, args.threshold) | {
+                "seconds": seconds}
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
@@ -204,7 +216,8 @@ def main() -> None:
 
 def print_table(results: dict) -> None:
     names = [n for n, _, _ in BANDS]
-    header = ["tool", *(f"recall {n}" for n in names), "cluster precision", "wrongly removed"]
+    header = ["tool", *(f"recall {n}" for n in names), "cluster precision", "wrongly removed", "removed ~ kept",
+              "seconds"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for tool, r in results.items():
@@ -212,6 +225,8 @@ def print_table(results: dict) -> None:
         cells.append(f"{r['cluster precision'][0]:.4f} ({r['cluster precision'][1]} pairs)")
         wrong, total = r["wrongly removed"]
         cells.append(f"{wrong} of {total} ({100 * wrong / max(total, 1):.2f}%)")
+        cells.append(f"{r['removed ~ kept'][0]:.3f}")
+        cells.append(f"{r['seconds']:.0f}")
         print(f"| {tool} | " + " | ".join(cells) + " |")
 
 

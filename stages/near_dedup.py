@@ -146,17 +146,23 @@ class Units:
 
 
 def write_bands(units: Units, source: int, partitions: int, uid: np.ndarray, order: np.ndarray,
-                signatures: np.ndarray, bands: int, rows: int) -> int:
-    """Write one source's band rows, one sorted file per key range; returns the number of rows."""
-    keys = band_keys(signatures, bands, rows)
-    sig = signature_hashes(signatures)
+                signatures: np.ndarray, bands: int, rows: int) -> None:
+    """Write one source's band rows, one file per key range."""
+    write_band_rows(units, source, partitions, uid, order, band_keys(signatures, bands, rows),
+                    signature_hashes(signatures))
+
+
+def write_band_rows(units: Units, source: int, partitions: int, uid: np.ndarray, order: np.ndarray,
+                    keys: np.ndarray, sig: np.ndarray) -> None:
+    """keys: (units, bands). Each file is sorted by key in small row groups, so a pairs task can read a
+    key sub-range of it (row-group statistics) without reading the rest."""
+    bands = keys.shape[1]
     table = pa.table({"key": keys.ravel(), "sig": np.repeat(sig, bands), "order": np.repeat(order, bands),
                       "uid": np.repeat(uid, bands)}, schema=BAND_SCHEMA)
     part = key_partition(keys.ravel(), partitions)
     for p in range(partitions):
         chunk = table.filter(pa.array(part == p)).sort_by("key")
-        write_table_atomic(chunk, units.band_path(source, p), row_group_size=BAND_ROW_GROUP)
-    return table.num_rows
+        write_table_atomic(chunk, units.band_path(source, p), row_group_size=BAND_ROW_GROUP, compression="none")
 
 
 def keep_columns(schema: pa.Schema) -> list[str]:

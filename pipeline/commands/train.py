@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+import warnings
 from pathlib import Path
 
 from pipeline.errors import RunFailure, UserError
@@ -106,6 +107,8 @@ def _worker(config, deepspeed: dict | None, args) -> int:
     from pipeline.train.trainer import Trainer
 
     die_with_parent()  # torchrun starts workers in sessions of their own: a kill -9 of the run must reach them
+    # DeepSpeed calls torch's deprecated collectives at every step: one warning each would flood logs/
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.distributed\.")
     rank = os.environ.get("RANK", "0")
     try:
         summary = Trainer(config, deepspeed, resume=args.resume, prepare=not os.environ.get(PREPARED),

@@ -352,6 +352,10 @@ def apply_optouts(dataset: str | Path, output: str | Path, registry: str | None 
         if not (dst / "manifest.json").exists():
             raise UserError(f"{output}: not a codecurate output directory; refusing to overwrite it")
     old = OldRelease(src, registry)
+    before = old.manifest.get("optout_registry_version") or 0
+    if old.optouts.version < before:  # registries only grow: this is another (or an older) registry
+        raise UserError(f"{old.specs[old.k]['options']['registry']}: registry version {old.optouts.version} is older "
+                        f"than the {before} {dataset} was made with; opt-outs are never withdrawn")
     started = datetime.now(UTC)
     tmp = dst.with_name(f".{dst.name}.optout-tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -166,7 +166,7 @@ def _section_of(line: str) -> Section | None:
 
 
 def _parse_line(line: Line, text: str) -> None:
-    """Fill `line` from its text (bullet and markdown already stripped); sets `problem` if not understood."""
+    """Fill `line` from its text (markdown links reduced to their URL); sets `problem` if not understood."""
     bulleted = bool(BULLET.match(text))
     text = BULLET.sub("", text, count=1).strip()
     if not text:

@@ -11,10 +11,12 @@ records. Walking the stages after `opt_out` in order:
   cluster of the old input record with the same `blob_id` (same content, same signature) or, at
   repository level, of its repository, and the cluster is ranked again by the SPEC keep rule.
 
-The replay only decides which rows go where; `apply.py` rewrites the shards. Two limits are
-counted in the changelog, never silent: clusters stay as the old run recorded them (a near-dup
-cluster is not split when a member bridging two halves leaves), and an arrival whose content no
-old input of a dedup stage had passes that stage unchecked.
+The replay only decides which rows go where; `apply.py` rewrites the shards. Limits: clusters stay
+as the old run recorded them (a near-dup cluster is not split when a member bridging two halves
+leaves); an arrival whose content no old input of a dedup stage had passes that stage unchecked
+(counted in the changelog); in stats.json, record and byte counts, removal reasons and dedup
+`clusters` are updated, a stage's other `details` (entities found, signals...) keep the old run's
+values, since recounting them would mean running the stages again on every record that left.
 """
 
 from collections import Counter, defaultdict
@@ -220,8 +222,7 @@ class Replay:
                     self._pass(j, arrival)
                 else:
                     self._remove(j, arrival, reason)
-        self.deltas[j].details.update(stage.details)
-        stage.details.clear()
+        stage.details.clear()  # a stage's own counts keep the old run's values (see the module doc)
 
     # -- dedup stages -----------------------------------------------------------------------------
     def _dedup_stage(self, j: int, arrivals: list[Arrival]) -> None:

@@ -21,6 +21,18 @@ def tiny_llama_config(ids: TokenIds, max_positions: int, attn_implementation: st
                        attn_implementation=attn_implementation, **TINY_LLAMA)
 
 
+def hidden_size(config: ModelConfig) -> int:
+    """Without building the model (DeepSpeed's "auto" bucket sizes are needed before loading under ZeRO-3)."""
+    if config.name == "tiny-llama":
+        return TINY_LLAMA["hidden_size"]
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(config.name).get_text_config().hidden_size
+    except OSError as e:
+        raise UserError(f"model.name: cannot load {config.name!r} ({str(e).splitlines()[0]})") from None
+
+
 def build_model(config: ModelConfig, ids: TokenIds, max_positions: int) -> PreTrainedModel:
     """The base model (the caller seeds torch first: tiny-llama's init is then reproducible)."""
     dtype = DTYPES[config.dtype]

@@ -44,7 +44,7 @@ from pipeline.train.data import (
 from pipeline.train.encode import ChatEncoder, PretrainEncoder, load_tokenizer, read_meta, token_ids
 from pipeline.train.engine import DeepSpeedEngine, TorchEngine, device_for, fill_deepspeed_config, init_distributed
 from pipeline.train.loss import normalised_weights, task_loss
-from pipeline.train.model import apply_lora, build_model
+from pipeline.train.model import apply_lora, build_model, hidden_size
 from pipeline.train.packing import Packer
 
 MODEL_INPUTS = ("input_ids", "position_ids")
@@ -204,6 +204,15 @@ class Trainer:
         self.barrier()
         self.data = TrainData(self.config)
         self.weights = normalised_weights(self.data.tasks, self.config.data.tasks)
+        ds_config = None
+        if self.deepspeed is not None:
+            ds_config = fill_deepspeed_config(self.deepspeed, self.opts, self.world, self.config.model.dtype,
+                                              hidden_size(self.config.model))
+            if ds_config.get("zero_optimization", {}).get("stage") == 3 and self.config.model.name != "tiny-llama":
+                from transformers.integrations import HfDeepSpeedConfig
+
+                # alive for the run: from_pretrained then builds each layer already partitioned (zero.Init)
+                self.zero3_loading = HfDeepSpeedConfig(ds_config)
         seed_everything(self.opts.seed)
         model = build_model(self.config.model, self.data.ids, self.data.seq_len)
         if self.config.model.lora:
@@ -214,9 +223,7 @@ class Trainer:
                     model.save_pretrained(base)
                     self.data.tokenizer.save_pretrained(base)
             model = apply_lora(model, self.config.model.lora, base)
-        if self.deepspeed is not None:
-            ds_config = fill_deepspeed_config(self.deepspeed, self.opts, self.world, self.config.model.dtype,
-                                              model.config.hidden_size)
+        if ds_config is not None:
             self.engine = DeepSpeedEngine(model, self.opts, ds_config)
         else:
             self.engine = TorchEngine(model, self.opts, self.device, self.world)
@@ -358,7 +365,8 @@ class Trainer:
             for i in range(count):
                 batch = self.valid[i] if i < len(self.valid) else self.valid[0] if self.valid else None
                 if batch is None:  # this rank has no validation rows: a pad-only forward keeps step with the others
-                    batch = {n: torch.full((1, 2), self.data.ids.pad_id) for n in MODEL_INPUTS}
+                    batch = {"input_ids": torch.full((1, 2), self.data.ids.pad_id),
+                             "position_ids": torch.zeros((1, 2), dtype=torch.long)}
                 logits = self.forward(batch)
                 if i < len(self.valid):
                     tensors = {n: t.to(self.device) for n, t in batch.items() if isinstance(t, torch.Tensor)}
