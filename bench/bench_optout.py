@@ -47,7 +47,10 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def config_stages(which: str) -> list[dict]:
-    """The shipped config's stages; with `all`, its commented-out stage lines too (the SPEC order)."""
+    """The shipped config's stages; with `all`, its commented-out stage lines too (the SPEC order);
+    `minimal`: exact_dedup alone (a run that is almost only I/O: the worst case for apply)."""
+    if which == "minimal":
+        return [{"exact_dedup": {}}]
     text = (REPO / "configs" / "stack-v2.yaml").read_text()
     if which == "all":
         text = re.sub(r"^(\s*)# (- \w+: \{.*\})\s*$", r"\1\2", text, flags=re.MULTILINE)
@@ -139,8 +142,9 @@ def main() -> None:
     parser.add_argument("--corpus", default="/tmp/codecurate-corpus")
     parser.add_argument("--work", default="/tmp/codecurate-bench-optout")
     parser.add_argument("--reps", type=int, default=2)
-    parser.add_argument("--stages", choices=["shipped", "all"], default="shipped",
-                        help="the shipped config's stages, or all of the SPEC's (its commented-out lines too)")
+    parser.add_argument("--stages", choices=["shipped", "all", "minimal"], default="shipped",
+                        help="the shipped config's stages, all of the SPEC's (its commented-out lines too), "
+                             "or exact_dedup alone")
     args = parser.parse_args()
     console = Console()
     corpus, work = Path(args.corpus), Path(args.work)

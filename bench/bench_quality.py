@@ -23,7 +23,6 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-import enry
 import numpy as np
 import pyarrow.parquet as pq
 import yaml
@@ -36,6 +35,7 @@ from common import make_corpus  # noqa: E402
 from pipeline.records import utf8_len  # noqa: E402
 from stages.language import LanguageOptions, LanguageSelection  # noqa: E402
 from stages.license import LicenseFilter  # noqa: E402
+from stages.linguist import enry  # noqa: E402
 from stages.quality import QualityFilters  # noqa: E402
 from stages.quality_rules import RULES  # noqa: E402
 from stages.quality_signals import Signals  # noqa: E402
@@ -79,7 +79,7 @@ def mb(docs: list[Document]) -> float:
 # -- anchors ---------------------------------------------------------------------------------------
 def enry_only(docs: list[Document]) -> None:
     for d in docs:
-        enry.get_language(d.metadata["path"], d.text.encode("utf-8", "surrogatepass"))
+        enry().get_language(d.metadata["path"], d.text.encode("utf-8", "surrogatepass"))
 
 
 def bigcode_basic_stats(docs: list[Document]) -> list[tuple]:

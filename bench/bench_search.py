@@ -221,11 +221,17 @@ def main() -> None:
     parser.add_argument("--per-band", type=int, default=100)
     parser.add_argument("--anchor-mb", type=float, default=40)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--parts", default="search,index,recall,anchor", help="comma-separated subset to run")
     args = parser.parse_args()
-    bench_search(args.out, args.reps)
-    index = bench_index(args.out, args.queries, args.reps, args.seed)
-    bench_recall(args.out, index, args.per_band, args.seed)
-    bench_datasketch(args.out, index, args.anchor_mb, args.queries, args.seed)
+    parts = set(args.parts.split(","))
+    if "search" in parts:
+        bench_search(args.out, args.reps)
+    if parts - {"search"}:
+        index = bench_index(args.out, args.queries, args.reps, args.seed)
+        if "recall" in parts:
+            bench_recall(args.out, index, args.per_band, args.seed)
+        if "anchor" in parts:
+            bench_datasketch(args.out, index, args.anchor_mb, args.queries, args.seed)
 
 
 if __name__ == "__main__":

@@ -77,29 +77,32 @@ def pairs_task(work: Path, partition: int) -> None:
     CandidatePairs("near_dedup", NearDedupOptions(), work, SOURCES, partitions).process(partition)
 
 
-def merge_task(work: Path) -> int:
-    """Forest per partition (verify's reduction), then one connected-components merge (dups)."""
+def merge_task(work: Path) -> None:
+    """Forest per partition (verify's reduction), then one connected-components merge (dups); prints
+    the distinct pairs and the components."""
     partitions = NearDedup.cluster_partitions(min(SOURCES, 64))
-    forests = []
+    forests, distinct = [], 0
     for q in range(partitions):
         pairs = pa.concat_tables([pq.read_table(work / "pairs" / f"{p:03d}_{q:03d}.parquet")
                                   for p in range(partitions)])
         a, b, _ = unique_pairs(*(pairs[c].to_numpy() for c in ("a", "b", "same")))
+        distinct += len(a)
         forests.append(connected_components(a, b))
     node = np.concatenate([f[0] for f in forests])
     root = np.concatenate([f[1] for f in forests])
     _, component = connected_components(node, root)
-    return len(np.unique(component))
+    print(distinct, len(np.unique(component)))
 
 
-def measure(*args: str) -> tuple[float, float]:
-    """(seconds, peak RSS MB) of one task in a fresh interpreter."""
+def measure(*args: str) -> tuple[float, float, str]:
+    """(seconds, peak RSS MB, output) of one task in a fresh interpreter."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--task", *args])
+    proc = subprocess.Popen([sys.executable, __file__, "--task", *args], stdout=subprocess.PIPE, text=True)
+    output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
         raise RuntimeError(f"task {args} failed")
-    return time.perf_counter() - start, usage.ru_maxrss / 1024
+    return time.perf_counter() - start, usage.ru_maxrss / 1024, output.strip()
 
 
 def run_config(base: Path, records: int, dup_records: int, bands: int) -> dict:
@@ -109,12 +112,12 @@ def run_config(base: Path, records: int, dup_records: int, bands: int) -> dict:
     generated = time.perf_counter() - start
     partitions = NearDedup.cluster_partitions(min(SOURCES, 64))
     pair_runs = [measure("pairs", str(work), str(p)) for p in range(partitions)]
-    pair_count = sum(pq.ParquetFile(f).metadata.num_rows for f in (work / "pairs").glob("*.parquet"))
-    merge_seconds, merge_rss = measure("merge", str(work))
+    merge_seconds, merge_rss, output = measure("merge", str(work))
+    distinct, components = map(int, output.split()[-2:])
     shutil.rmtree(work)
-    return {"records": records, "dup_records": dup_records, "band_rows": rows, "pairs": pair_count,
-            "generate_s": generated, "pairs_s": sum(s for s, _ in pair_runs),
-            "pairs_rss_mb": max(r for _, r in pair_runs), "merge_s": merge_seconds, "merge_rss_mb": merge_rss}
+    return {"records": records, "dup_records": dup_records, "band_rows": rows, "pairs": distinct,
+            "components": components, "generate_s": generated, "pairs_s": sum(r[0] for r in pair_runs),
+            "pairs_rss_mb": max(r[1] for r in pair_runs), "merge_s": merge_seconds, "merge_rss_mb": merge_rss}
 
 
 def main() -> None:
@@ -126,23 +129,27 @@ def main() -> None:
     parser.add_argument("--task", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.task:
-        kind, work, *rest = args.task
-        pairs_task(Path(work), int(rest[0])) if kind == "pairs" else merge_task(Path(work))
-        return
+        kind, *rest = args.task
+        if kind == "pairs":
+            pairs_task(Path(rest[0]), int(rest[1]))
+        elif kind == "merge":
+            merge_task(Path(rest[0]))
+        return  # "idle": the imports alone, the baseline of every task
     bands, _ = NearDedupOptions().banding()
     configs = [(int(n), int(args.dup_records)) for n in args.records]
     configs += [(int(float(n)), int(float(d))) for n, d in (e.split(":") for e in args.extra)]
     print(f"shipped defaults: {bands} bands; {SOURCES} source tasks, "
-          f"{NearDedup.cluster_partitions(SOURCES)} key ranges; chunks of at most 4M band rows")
-    print("| records | near-dup records | band rows | candidate pairs | pairs: max task RSS MB | pairs s (all tasks) "
-          "| merge RSS MB | merge s |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"{NearDedup.cluster_partitions(SOURCES)} key ranges; chunks of at most 4M band rows; "
+          f"baseline RSS of a task process (imports only): {measure('idle')[1]:.0f} MB")
+    print("| records | near-dup records | band rows | distinct candidate pairs | components | pairs: max task RSS MB "
+          "| pairs s (all tasks) | merge RSS MB | merge s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="dedup_memory_", dir=args.workdir) as tmp:
         for records, dups in configs:
             r = run_config(Path(tmp), records, dups, bands)
             print(f"| {r['records']:,} | {r['dup_records']:,} | {r['band_rows']:,} | {r['pairs']:,} | "
-                  f"{r['pairs_rss_mb']:.0f} | {r['pairs_s']:.0f} | {r['merge_rss_mb']:.0f} | {r['merge_s']:.0f} |",
-                  flush=True)
+                  f"{r['components']:,} | {r['pairs_rss_mb']:.0f} | {r['pairs_s']:.0f} | {r['merge_rss_mb']:.0f} | "
+                  f"{r['merge_s']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -185,7 +185,8 @@ KEY_TEMPLATES = {
     "base64_secret": ['SECRET = "{v}"', "client_secret: {v}", '  "signing_secret": "{v}",', "JWT_SECRET={v}",
                       'app.config["SECRET_KEY"] = "{v}"'],
     "hex_secret": ['api_secret = "{v}"', "ENCRYPTION_KEY={v}", '  "apiKey": "{v}",'],
-    "hex32_secret": ['API_KEY = "{v}"', "api_key: {v}", "const apiKey = '{v}';"],
+    "hex32_secret": ['API_KEY = "{v}"', "api_key: {v}", "const apiKey = '{v}';", '<add key="ApiKey" value="{v}"/>',
+                     "https://api.acme-corp.com/v2/items?api_key={v}&page=2"],
 }
 PEM_KINDS = ["RSA PRIVATE KEY", "OPENSSH PRIVATE KEY", "EC PRIVATE KEY", "PRIVATE KEY"]
 PASSWORD_TEMPLATES = [
@@ -196,6 +197,10 @@ PASSWORD_TEMPLATES = [
     'ConnectionString = "Server=tcp:db.acme.com;Database=app;User Id=admin;Password={v};"',
     "smtp_pass = '{v}'", 'userPassword := "{v}"', "redis://:{v}@cache.acme-corp.com:6379/0",
     "{c}admin password is {v}", "--password {v}", 'self.assertTrue(login("admin", password="{v}"))',
+    "machine api.acme-corp.com login deploy password {v}", "  - POSTGRES_PASSWORD={v}",
+    "jdbc:mysql://db:3306/app?user=root&password={v}", '<property name="password" value="{v}"/>',
+    "curl -u admin:{v} https://api.acme-corp.com/v1/users", "define('DB_PASSWORD', '{v}');",
+    "spring.datasource.password={v}", 'os.environ["DB_PASSWORD"] = "{v}"',
 ]
 
 
@@ -243,6 +248,12 @@ def negative_templates(v: Values) -> list[tuple[str, str, str]]:
         ("password_ref", "PASSWORD", 'password_reset_url = "/accounts/reset/"'),
         ("token_ref", "KEY", 'token = request.headers["Authorization"]'),
         ("token_ref", "KEY", "api_key: ${API_KEY}"), ("token_ref", "KEY", 'SECRET_KEY = os.getenv("SECRET_KEY")'),
+        ("password_ref", "PASSWORD", "    password: str"),
+        ("password_ref", "PASSWORD", "def login(user, password=None):"),
+        ("password_ref", "PASSWORD", "    for password in passwords:"),
+        ("prose", "PASSWORD", "{c}Ask the user for a password and/or a token."),
+        ("test_vector", "KEY", f'    expected = "{sha256}"'), ("test_vector", "KEY", f"data = bytes.fromhex('{md5}')"),
+        ("encoded_text", "KEY", f'ENCODED = "{base64.b64encode(b"The quick brown fox jumps over it").decode()}"'),
         ("alphabet", "KEY", 'ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"'),
         ("identifier", "KEY", 'handler = "test_parse_rfc2822_date_with_timezone_offset"'),
         ("camel_case", "KEY", 'NAME = "ThisIsAVeryLongConfigurationFlagName"'),

@@ -20,6 +20,7 @@ PLOTS = {"funnel": "funnel.png", "languages": "languages.png", "sizes": "file_si
 DEDUP_KINDS = ("exact_dedup", "near_dedup")
 TOP_REASONS = 15
 TOP_LANGUAGES = 15
+LARGEST_CLUSTERS = 3  # per dedup stage
 BUCKETS_PER_DECADE = 4  # file-size histogram bins: 4 per power of ten
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
@@ -147,7 +148,7 @@ def read_facts(out: Path, stages: list[dict]) -> DataFacts:
                 ("kept_repo_name, kept_path", "count(*)")
             groups = f"SELECT {kept} AS kept_path, {members} + 1 AS size FROM {_scan(files)} GROUP BY 1, 2"
             n, total = con.execute(f"SELECT count(*), sum(size - 1) FROM ({groups})").fetchone()
-            largest = con.execute(f"{groups} ORDER BY size DESC, 1, 2 LIMIT 5").fetchall()
+            largest = con.execute(f"{groups} ORDER BY size DESC, 1, 2 LIMIT {LARGEST_CLUSTERS}").fetchall()
             clusters[stage["name"]] = Clusters("repositories" if repo_level else "files", n, int(total), largest)
 
     columns = [(f.name, str(f.type)) for f in pq.read_schema(data[0])] if data else []
@@ -183,10 +184,14 @@ def table(header: list[str], rows: list[list], align: str = "") -> list[str]:
             *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
 
 
-def _options(options: dict) -> str:
-    shown = {k: v for k, v in options.items() if v is not None and k != "name"
-             and not (k == "text_field" and v == "content")}
-    return ", ".join(f"`{k}: {json.dumps(v)}`" for k, v in shown.items()) or "defaults"
+def _options(configured: dict) -> str:
+    """The options a stage was given in the config (the rest are its defaults)."""
+    shown = {k: v for k, v in (configured or {}).items() if k != "name"}
+    return ", ".join(f"`{k}: {json.dumps(v)}`" for k, v in shown.items()) or "default options"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
 def card_reason(head: str) -> str:
@@ -194,6 +199,10 @@ def card_reason(head: str) -> str:
     if head.startswith("contaminated:"):
         return head.split("/", 1)[0]
     return head
+
+
+def by_bytes(languages: dict[str, dict]) -> dict[str, dict]:
+    return dict(sorted(languages.items(), key=lambda kv: (-kv[1]["bytes"], kv[0])))
 
 
 def stage_kinds(manifest: dict) -> dict[str, str]:
@@ -275,12 +284,16 @@ class CardWriter:
         return ["## Sources", "", *table(["input", "kind", "files", "size"], rows, align="llrr"), *note]
 
     def stages(self) -> list[str]:
-        lines = ["## How it was made", "", "The stages ran in this order (parameters not shown are defaults):", ""]
+        lines = ["## How it was made", "", "The stages ran in this order, with the options the config gave them "
+                 "(every other option has its default; the whole resolved config is in `manifest.json`):", ""]
         lines.append(f"1. **read**: {STAGE_PURPOSE['read']}.")
-        for i, s in enumerate(self.manifest.get("stages", []), start=2):
+        configured = [next(iter(item.values()), {}) for item in self.manifest.get("config", {}).get("stages", [])]
+        stages = self.manifest.get("stages", [])
+        configured = configured if len(configured) == len(stages) else [s["options"] for s in stages]
+        for i, (s, options) in enumerate(zip(stages, configured, strict=True), start=2):
             purpose = STAGE_PURPOSE.get(s["kind"], "")
-            name = s["name"] if s["name"] == s["kind"] else f"{s['name']}` (`{s['kind']}`)"
-            lines.append(f"{i}. **{name}**: {purpose}{'; ' if purpose else ''}{_options(s['options'])}.")
+            name = f"**{s['name']}**" + ("" if s["name"] == s["kind"] else f" (`{s['kind']}`)")
+            lines.append(f"{i}. {name}: {purpose}{'; ' if purpose else ''}{_options(options)}.")
         return lines
 
     def funnel(self) -> list[str]:
@@ -296,7 +309,7 @@ class CardWriter:
                         "records kept of input", "bytes kept of input"], rows)]
 
     def languages(self) -> list[str]:
-        langs, t = self.stats["languages"], self.stats["totals"]
+        langs, t = by_bytes(self.stats["languages"]), self.stats["totals"]
         rows = [[lang, f"{v['records']:,}", human_bytes(v["bytes"]), pct(v["bytes"], t["bytes_out"])]
                 for lang, v in list(langs.items())[:TOP_LANGUAGES]]
         rest = list(langs.values())[TOP_LANGUAGES:]
@@ -400,7 +413,7 @@ class CardWriter:
                              f"{e['ngram']:,}"])
                 ranked = sorted(e["tasks"].items(), key=lambda kv: (-kv[1], kv[0]))[:5]
                 if ranked:
-                    top.append(f"- {bench}: " + ", ".join(f"`{task}` ({n:,} files)" for task, n in ranked))
+                    top.append(f"- {bench}: " + ", ".join(f"`{task}` ({plural(n, 'file')})" for task, n in ranked))
             self.shown |= {(s["name"], k) for k in s["details"]}  # per benchmark/method/task: all in the table
         lines = ["## Decontamination", "", *table(["stage", "benchmark", "files removed", "tasks matched",
                                                   "exact", "n-gram"], rows, align="llrrrr")]
@@ -509,7 +522,7 @@ def plot_funnel(stats: dict, path: Path) -> None:
 
 
 def plot_languages(stats: dict, path: Path) -> None:
-    langs = list(stats["languages"].items())[:TOP_LANGUAGES][::-1]
+    langs = list(by_bytes(stats["languages"]).items())[:TOP_LANGUAGES][::-1]
     total = stats["totals"]["bytes_out"] or 1
     fig = _figure(0.9 + 0.3 * max(len(langs), 1))
     ax = fig.add_subplot()

@@ -11,13 +11,13 @@ import re
 from functools import cache
 from typing import Literal
 
-import enry
 import pyarrow as pa
 from datatrove.data import Document
 from pydantic import field_validator
 
 from pipeline.config import StageOptions
 from pipeline.step import CodeStage, FilterResult
+from stages.linguist import enry, language_type
 from stages.quality_signals import comments, line_comment_marker
 
 NOTEBOOK = "Jupyter Notebook"
@@ -49,7 +49,7 @@ MIN_LANGID_SCORE = 0.5
 
 
 def is_linguist_language(name: str) -> bool:
-    return enry.get_language_type(name) != "unknown"
+    return language_type(name) != "unknown"
 
 
 class LanguageOptions(StageOptions):
@@ -90,7 +90,7 @@ def natural_language(text: str) -> str | None:
 
 def is_generated(path: str, raw: bytes, text: str) -> bool:
     """linguist's generated-file rules, lock files, and "do not edit"/"auto-generated" headers."""
-    if path.rsplit("/", 1)[-1] in LOCK_FILES or enry.is_generated(path, raw):
+    if path.rsplit("/", 1)[-1] in LOCK_FILES or enry().is_generated(path, raw):
         return True
     head = "\n".join(text[:_HEADER_CHARS].splitlines()[:_HEADER_LINES])
     return _GENERATED_HEADER.search(head) is not None
@@ -145,12 +145,12 @@ class LanguageSelection(CodeStage):
         path = meta.get("path") or ""
         text = self.text(doc)
         meta["natural_language"] = None
-        if opts.drop_vendored and enry.is_vendor(path):
+        if opts.drop_vendored and enry().is_vendor(path):
             return False, "language:vendored"
         raw = text.encode("utf-8", "surrogatepass")
         language = meta.get("language") if opts.trust_input_language else None
         if not language:
-            language = enry.get_language(path, raw) or None
+            language = enry().get_language(path, raw) or None
             meta["language"] = language
             self.details["detected"] += 1
         if (self.selected is not None and language not in self.selected) or (
@@ -166,7 +166,7 @@ class LanguageSelection(CodeStage):
                 doc.text, meta["language"] = converted
                 self.details["notebook_scripts"] += 1
                 return True
-        if enry.get_language_type(language or "") == "prose":
+        if language_type(language) == "prose":
             code = meta["natural_language"] = natural_language(text)
             if code is not None and opts.natural_languages is not None and code not in opts.natural_languages:
                 return False, f"language:natural:{code}"

@@ -28,6 +28,7 @@ class PiiOptions(StageOptions):
     action: Literal["redact", "drop"] = "redact"  # drop: the record goes to removed/pii as `pii:<ENTITY>,...`
     mode: Literal["placeholder", "fake"] = "placeholder"
     ner_model: str | None = None  # spaCy pipeline with `ner` (package name or absolute path); needed by NAME
+    recognizers: list[str] = []  # extra presidio recognizers, "package.module:ClassName", added to the registry
 
     @model_validator(mode="after")
     def _name_needs_ner(self):
@@ -72,7 +73,7 @@ class FakeValues:
 def redact(text: str, spans: list[tuple[int, int, str]], fake: FakeValues | None) -> str:
     out, pos = [], 0
     for start, end, entity in spans:
-        out += [text[pos:start], fake(entity, text[start:end]) if fake else PLACEHOLDERS[entity]]
+        out += [text[pos:start], fake(entity, text[start:end]) if fake else PLACEHOLDERS.get(entity, f"<{entity}>")]
         pos = end
     out.append(text[pos:])
     return "".join(out)
@@ -110,7 +111,7 @@ class Pii(CodeStage):
     def setup(self, rank: int, world_size: int) -> None:
         from stages.pii_engine import PiiDetector
 
-        self.detector = PiiDetector(self.options.entities, self.options.ner_model)
+        self.detector = PiiDetector(self.options.entities, self.options.ner_model, self.options.recognizers)
 
     def filter_batch(self, batch: list[Document]) -> list[FilterResult]:
         field = self.options.text_field

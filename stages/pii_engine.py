@@ -8,6 +8,7 @@ for hash words) are handed to presidio, joined into one excerpt per text.
 """
 
 import bisect
+import importlib
 import os
 import re
 import shutil
@@ -62,6 +63,9 @@ CANDIDATE_LINE = "|".join((
     r"gh[pousr]_|glpat-|xox[a-z]-|eyJ|sk_live_|rk_live_|SG\.|AccountKey=|_authToken|hooks\.slack|"  # token prefixes
     r"AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9]|npm_|github_pat_|hf_|AIza|sk-|shpat_|dop_v1_|xapp-|ya29\.",
     _KEYWORD,
+    r"^\s*(?:-\s+)?(?:export\s+)?[\w.-]*(?i:pass|pwd|secret|token)[\w.-]*\s*[=:]\s*\S",  # .env / YAML, any value
+    r"[?&;](?i:[\w.-]*(?:pass|pwd|secret|token|key)[\w.-]*)=",  # query and connection strings
+    r"(?:-u|--user)\s+[^\s:]+:|(?i:basic)\s+[A-Za-z0-9+/]{12}|value=",  # curl -u, HTTP Basic, XML key/value
 ))
 DIGIT_RUN = r"[0-9][A-Za-z0-9+/=]{11}|[A-Za-z0-9+/=]{11}[0-9]"
 _RUN = re.compile(r"[A-Za-z0-9+/=]{16,}")
@@ -158,9 +162,16 @@ def blank_spacy_model() -> Path:
     return target
 
 
-def build_analyzer(entities: list[str], ner_model: str | None = None) -> AnalyzerEngine:
+def load_recognizer(path: str):
+    """A presidio recognizer named `package.module:ClassName`, instantiated with no arguments."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)()
+
+
+def build_analyzer(entities: list[str], ner_model: str | None = None, extra: list[str] = ()) -> AnalyzerEngine:
     """Presidio's AnalyzerEngine with our recognizers, offline. NAME uses presidio's SpacyRecognizer on
-    `ner_model` (a spaCy pipeline with an `ner` component: an installed package name or a path)."""
+    `ner_model` (a spaCy pipeline with an `ner` component: an installed package name or a path); `extra`
+    recognizers (import paths) are added to the registry as any presidio recognizer would be."""
     mapping = {"PERSON": "NAME", "PER": "NAME"}
     nlp_engine = SpacyNlpEngine(
         models=[{"lang_code": "en", "model_name": ner_model or str(blank_spacy_model())}],
@@ -174,6 +185,8 @@ def build_analyzer(entities: list[str], ner_model: str | None = None) -> Analyze
             registry.add_recognizer(recognizer())
     if "NAME" in entities:
         registry.add_recognizer(SpacyRecognizer(supported_entities=["NAME"]))
+    for path in extra:
+        registry.add_recognizer(load_recognizer(path))
     return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"],
                           context_aware_enhancer=NoContextEnhancer(), default_score_threshold=0.0)
 
@@ -181,9 +194,10 @@ def build_analyzer(entities: list[str], ner_model: str | None = None) -> Analyze
 class PiiDetector:
     """Finds (start, end, entity) spans in texts; loaded once per task."""
 
-    def __init__(self, entities: list[str], ner_model: str | None = None):
-        self.entities = list(entities)
-        self.analyzer = build_analyzer(self.entities, ner_model)
+    def __init__(self, entities: list[str], ner_model: str | None = None, recognizers: list[str] = ()):
+        self.analyzer = build_analyzer(list(entities), ner_model, recognizers)
+        custom = {e for r in self.analyzer.registry.recognizers for e in r.supported_entities} - set(ENTITIES)
+        self.entities = [*entities, *sorted(custom)]
         self.needs_nlp = "NAME" in self.entities  # NER reads whole texts: no pre-scan then
         self._no_nlp = NlpArtifacts(entities=[], tokens=[], tokens_indices=[], lemmas=[],
                                     nlp_engine=self.analyzer.nlp_engine, language="en")

@@ -12,7 +12,14 @@ _hidden = [name for name in ("torch", "transformers") if name not in sys.modules
 for _name in _hidden:
     sys.modules[_name] = None  # type: ignore[assignment]
 try:
-    from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerRegistry, RecognizerResult
+    from presidio_analyzer import (
+        AnalyzerEngine,
+        EntityRecognizer,
+        Pattern,
+        PatternRecognizer,
+        RecognizerRegistry,
+        RecognizerResult,
+    )
     from presidio_analyzer.context_aware_enhancers import ContextAwareEnhancer
     from presidio_analyzer.nlp_engine import NerModelConfiguration, NlpArtifacts, SpacyNlpEngine
     from presidio_analyzer.predefined_recognizers import SpacyRecognizer
@@ -22,4 +29,5 @@ finally:
             del sys.modules[_name]
 
 __all__ = ["AnalyzerEngine", "ContextAwareEnhancer", "EntityRecognizer", "NerModelConfiguration", "NlpArtifacts",
-           "RecognizerRegistry", "RecognizerResult", "SpacyNlpEngine", "SpacyRecognizer"]
+           "Pattern", "PatternRecognizer", "RecognizerRegistry", "RecognizerResult", "SpacyNlpEngine",
+           "SpacyRecognizer"]

@@ -342,8 +342,34 @@ class KeywordRecognizer(CodeRecognizer):
             quoted_name = start > 0 and text[start - 1] in "\"'" and text.startswith(text[start - 1], end)
             if match["op"] == "," and not (quoted_name and text[:start - 1].rstrip().endswith(("(", "["))):
                 continue  # setProperty("password", "value") and ("password", "value") pairs, not longer lists
-            if self.is_secret_name(names, match, quoted_name) and self.is_secret_value(match):
+            literal = self.is_literal_context(text, start, match)
+            if self.is_secret_name(names, match, quoted_name) and self.is_secret_value(match, literal):
                 yield value_span(match)
+        for match in XML_KEY_VALUE.finditer(text):
+            if self.is_secret_name(F.words(match["name"])) and self.is_plain(match["value"]):
+                yield match.span("value")
+
+    @staticmethod
+    def is_literal_context(text: str, start: int, match: re.Match) -> bool:
+        """A bare value is a literal, not a variable, in `.env`/shell lines (`DB_PASSWORD=hunter`), YAML
+        (`password: hunter`) and query or connection strings (`?user=a&password=hunter`, `;Password=x;`)."""
+        if match["bare_op"] is None:
+            return False
+        before = text[text.rfind("\n", 0, start) + 1:start]
+        if before[-1:] in ("?", "&", ";"):
+            return True
+        at_line_start = before.strip() in ("", "export", "-", "- export")  # also YAML list items
+        rest = text[match.end():line_bounds(text, match.end())[1]].strip()
+        if not at_line_start or rest and not rest.startswith("#"):
+            return False  # the value must end the line: not `password: bool, optional` in a docstring
+        if match["bare_op"] == "=":
+            name = text[start:match.start()].strip("\"'] ")
+            return name.isupper() and text[match.start("bare_op") - 1] != " "
+        value = match["bare"]
+        return value.lower() not in TYPE_NAMES and not re.fullmatch(r"[A-Z][A-Za-z]*", value)  # `password: SecretStr`
+
+    def is_plain(self, value: str) -> bool:
+        return len(value) >= self.MIN_LENGTH and value.lower() not in self.PLACEHOLDERS and not F.is_templated(value)
 
     def is_secret_name(self, names: list[str], match: re.Match | None = None, quoted_name: bool = False) -> bool:
         if not names or any(w in self.META_WORDS for w in names):
@@ -361,14 +387,24 @@ class KeywordRecognizer(CodeRecognizer):
     def is_keyword(self, word: str) -> bool:
         raise NotImplementedError
 
-    def is_secret_value(self, match: re.Match) -> bool:
+    def is_secret_value(self, match: re.Match, literal: bool = False) -> bool:
         quoted = match["quoted"] is not None
         value = (match["quoted"] if quoted else match["bare"]).strip()
         if len(value) < self.MIN_LENGTH or value.lower() in self.PLACEHOLDERS or F.is_templated(value):
             return False
-        if not quoted and F.is_reference(value):
+        if not quoted and not literal and F.is_reference(value):
             return False
         return value.count(" ") < 2 and "://" not in value and not value.startswith(("/", "./", "~/", "\\"))
+
+
+# `<add key="ApiKey" value="..."/>` (.NET), `<property name="password" value="..."/>` (Spring)
+XML_KEY_VALUE = re.compile(r"\b(?:key|name)=[\"'](?P<name>[\w.:-]{1,80})[\"']\s+"
+                           r"value=[\"'](?P<value>[^\"'\n]{1,200})[\"']")
+TYPE_NAMES = frozenset("str string bytes int bool float dict list text any optional union none secretstr secretbytes "
+                       "password char".split())
+# `db_pass`, `SMTP_PASS`: `pass` as the last word of a name counts after these only (not `forward_pass`, `PassT`)
+PASS_QUALIFIERS = frozenset("db database user admin root smtp mail email mysql sql pg postgres ftp sftp ssh redis ldap "
+                            "login account app api proxy auth my rabbit rabbitmq mongo wifi sudo server sa".split())
 
 
 def value_span(match: re.Match) -> Span:
@@ -386,8 +422,9 @@ class PasswordRecognizer(KeywordRecognizer):
     SQL = re.compile(r"(?i)\bidentified\s+by\s+(?P<q>['\"])(?P<value>[^'\"\n]{1,200})(?P=q)")
     URL = re.compile(r"[A-Za-z][\w+.-]*://[^\s:/@'\"`]*:(?P<value>[^\s/@'\"`]{1,200})@[\w.-]+")
     # `--password hunter2`, `the password is hunter2`: unquoted, so only values with a digit or symbol
-    LOOSE = re.compile(r"(?i)(?:--(?:password|passwd|pass)[ \t]+|\bpass(?:word|wd)[ \t]+(?:is|was)[ \t]+)"
-                       r"(?P<value>[^\s\"'`]{4,200})")
+    LOOSE = re.compile(r"(?i)(?:--(?:password|passwd|pass)[ \t]+"
+                       r"|(?P<prose>\bpass(?:word|wd)[ \t]+(?:(?:is|was)[ \t]+)?)"
+                       r"|(?:curl|wget|http)\b[^\n]*?\s(?:-u|--user)[ \t]+[^\s:'\"]+:)(?P<value>[^\s\"'`]{4,200})")
 
     def spans(self, text: str) -> Iterator[Span]:
         yield from super().spans(text)
@@ -400,7 +437,8 @@ class PasswordRecognizer(KeywordRecognizer):
                     yield match.span("value")
         for match in self.LOOSE.finditer(text):
             value = match["value"].rstrip(".,;:)")
-            if self.is_plain_value(value) and any(not c.isalpha() for c in value):
+            needs = str.isdigit if match["prose"] else (lambda c: not c.isalpha())  # prose: "password and/or"
+            if self.is_plain_value(value) and any(needs(c) for c in value):
                 yield match.start("value"), match.start("value") + len(value)
 
     def is_plain_value(self, value: str) -> bool:
@@ -412,8 +450,8 @@ class PasswordRecognizer(KeywordRecognizer):
     def has_keyword(self, names: list[str], quoted_name: bool = False) -> bool:
         """`pass` alone is Python's statement, LLVM's passes, a test verdict: only `db_pass`, `SMTP_PASS`
         or a quoted key (`{'pass': ...}`)."""
-        return (any(self.is_keyword(w) for w in names)
-                or names[-1] == "pass" and (len(names) > 1 or quoted_name))
+        return (any(self.is_keyword(w) for w in names) or names[-1] == "pass" and (
+            quoted_name if len(names) == 1 else names[-2] in PASS_QUALIFIERS))
 
 
 class TokenAssignmentRecognizer(KeywordRecognizer):
@@ -424,7 +462,7 @@ class TokenAssignmentRecognizer(KeywordRecognizer):
     KEYWORDS = frozenset("secret secrets token tokens apikey apikeys credential credentials creds bearer".split())
     KEY_QUALIFIERS = frozenset("api access auth private client secret signing encryption app master session".split())
     KEYWORD = re.compile(r"(?i:secret|token|key|credential|creds|bearer)")
-    BEARER = re.compile(r"(?i)\b(?:bearer|token)\s+(?P<value>[A-Za-z0-9._~+/=-]{16,})")
+    BEARER = re.compile(r"(?i)\b(?:bearer|token|basic)\s+(?P<value>[A-Za-z0-9._~+/=-]{16,})")
     MIN_LENGTH = 8
 
     def spans(self, text: str) -> Iterator[Span]:
@@ -442,8 +480,8 @@ class TokenAssignmentRecognizer(KeywordRecognizer):
         return (any(w in self.KEYWORDS for w in names)
                 or any(a in self.KEY_QUALIFIERS and b in ("key", "keys") for a, b in pairs))
 
-    def is_secret_value(self, match: re.Match) -> bool:
-        if not super().is_secret_value(match):
+    def is_secret_value(self, match: re.Match, literal: bool = False) -> bool:
+        if not super().is_secret_value(match, literal):
             return False
         value = (match["quoted"] if match["quoted"] is not None else match["bare"]).strip()
         return " " not in value and (any(c.isdigit() for c in value) or F.is_gibberish(value))

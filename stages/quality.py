@@ -6,13 +6,13 @@ A record is removed by the first rule it fails, as `filter:<rule>=<measured valu
 order and measures are computed lazily, so a record removed by a cheap rule is never parsed.
 """
 
-import enry
 from datatrove.data import Document
 from pydantic import create_model, field_validator
 
 from pipeline.config import StageOptions
 from pipeline.records import filter_reason
 from pipeline.step import CodeStage, FilterResult
+from stages.linguist import enry, language_type
 from stages.quality_rules import LANGUAGE_DEFAULTS, PARSE_RULES, RULE_NAMES, RULES, TYPE_DEFAULTS, Rule, Threshold
 from stages.quality_signals import Signals
 
@@ -56,7 +56,7 @@ class QualityFilters(CodeStage):
         if language not in self._plans:
             thresholds = {name: getattr(self.options, name) for name in RULE_NAMES}
             if language:
-                thresholds.update(TYPE_DEFAULTS.get(enry.get_language_type(language), {}))
+                thresholds.update(TYPE_DEFAULTS.get(language_type(language), {}))
                 thresholds.update(LANGUAGE_DEFAULTS.get(language, {}))
                 thresholds.update(self.options.per_language.get(language, {}))
             self._plans[language] = [(rule, thresholds[rule.name]) for rule in RULES
@@ -77,4 +77,4 @@ class QualityFilters(CodeStage):
 
 def _language_by_extension(path: str) -> str | None:
     """Records without a `language` (no language_selection before us): linguist's guess by name."""
-    return enry.get_language_by_extension(path).language or None
+    return enry().get_language_by_extension(path).language or None

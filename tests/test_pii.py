@@ -12,6 +12,7 @@ from conftest import REPO, read_dir, run_cli, write_config, write_parquet
 from datatrove.data import Document
 
 from stages.pii import Pii, PiiOptions
+from stages.pii_presidio import Pattern, PatternRecognizer
 
 sys.path.insert(0, str(REPO / "bench"))
 import make_pii_eval as evalset  # noqa: E402
@@ -113,6 +114,20 @@ def test_name_with_a_user_supplied_ner_pipeline(tmp_path):
     stage.filter_batch([doc])
     assert doc.text == "# Author: <NAME> <<EMAIL>>\nx = 1\n"
     assert stage.details["NAME"] == 1 and stage.details["EMAIL"] == 1
+
+
+class EmployeeIdRecognizer(PatternRecognizer):
+    """A user's own presidio recognizer, added through the `recognizers` option."""
+
+    def __init__(self):
+        super().__init__(supported_entity="EMPLOYEE_ID", patterns=[Pattern("emp", r"\bEMP-\d{6}\b", 0.9)])
+
+
+def test_user_recognizers_join_the_registry():
+    stage = _stage(recognizers=["test_pii:EmployeeIdRecognizer"])
+    doc = _doc('owner = "EMP-123456"  # ada@gmail.com\n')
+    stage.filter_batch([doc])
+    assert doc.text == 'owner = "<EMPLOYEE_ID>"  # <EMAIL>\n' and stage.details["EMPLOYEE_ID"] == 1
 
 
 def test_sft_messages_are_redacted_turn_by_turn(stage):

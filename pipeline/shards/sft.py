@@ -29,9 +29,11 @@ from pipeline.errors import UserError
 from pipeline.io.files import commit, tmp_name, write_json_atomic
 from pipeline.io.inputs import expand_path, read_jsonl
 from pipeline.records import reason_group
+from pipeline.runner import Runner, RunOptions
 from pipeline.shards.mine import MESSAGES_TYPE, MineOptions, Miner
 from pipeline.shards.seeded import unit_interval
 from pipeline.shards.settings import PATH, PATH_OR_NAME, load_settings
+from pipeline.shards.tokenizer import load_tokenizer
 
 SFT_SCHEMA = pa.schema([("id", pa.string()), ("task", pa.string()), ("messages", MESSAGES_TYPE),
                         ("source", pa.string()), ("split", pa.string())])
@@ -40,7 +42,6 @@ POOL_SCHEMA = pa.schema([("repo_name", pa.string()), ("path", pa.string()), ("co
                          ("messages", MESSAGES_TYPE)])
 ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "bot": "assistant",
          "gpt": "assistant"}  # MFTCoder's human/bot and ShareGPT's gpt map to the SPEC's roles
-FORMATS = ("instruction", "chat_rounds", "messages")
 
 
 class SourceConfig(Strict):
@@ -80,7 +81,8 @@ class SftConfig(Strict):
     valid_fraction: float = Field(default=0.02, ge=0, lt=1)
     seed: int = 0
     tokenizer: str | None = Field(default=None, json_schema_extra=PATH_OR_NAME)  # for token counts
-    stages: list[dict[str, Any]] = [{"exact_dedup": {}}]  # curation; text_field defaults to messages
+    # curation, per task; each stage reads `text_field: messages` unless told otherwise
+    stages: list[dict[str, Any]] = [{"exact_dedup": {}}, {"near_dedup": {}}, {"decontaminate": {}}]
     executor: ExecutorConfig = ExecutorConfig()
     shard_rows: int = Field(default=100_000, gt=0)
 
@@ -184,6 +186,7 @@ class SftMixer:
         self.config, self.config_path, self.console, self.progress = config, config_path, console, progress
         self.out = Path(config.output)
         self.files = plan_sources(config.sources)
+        self.tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else None
         self.mined: dict | None = None
         self.stats: dict[str, dict] = defaultdict(lambda: {"sources": [], "read": 0, "invalid": Counter(),
                                                            "removed": Counter()})
@@ -210,7 +213,7 @@ class SftMixer:
             stats["sources"].append(path)
             stem = Path(path).name
             rows = []
-            for i, row in enumerate(table.to_pylist()):
+            for i, row in enumerate(row for batch in table.to_batches(10_000) for row in batch.to_pylist()):
                 stats["read"] += 1
                 messages, fault = normalise(row, fmt)
                 if fault:
@@ -237,8 +240,6 @@ class SftMixer:
         columns = ["id", "task", "source", "messages"]
         if not self.config.stages or pq.read_metadata(pool).num_rows == 0:
             return pq.read_table(pool, columns=columns)
-        from pipeline.runner import Runner, RunOptions
-
         items = []
         for item in self.config.stages:
             if isinstance(item, dict) and len(item) == 1:
@@ -316,15 +317,12 @@ class SftMixer:
 
     # -- 4. outputs --------------------------------------------------------------------------------------
     def count_tokens(self, train: pa.Table, valid: pa.Table) -> None:
-        from pipeline.shards.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(self.config.tokenizer)
         for split, table in (("train", train), ("valid", valid)):
             tasks = table.column("task").to_pylist()
             conversations = table.column("messages").to_pylist()
             contents = [m["content"] for c in conversations for m in c]
             lengths = iter(len(ids) for i in range(0, len(contents), 10_000)
-                           for ids in tokenizer.encode(contents[i: i + 10_000]))
+                           for ids in self.tokenizer.encode(contents[i: i + 10_000]))
             totals: Counter = Counter()
             for task, conversation in zip(tasks, conversations, strict=True):
                 totals[task] += sum(next(lengths) for _ in conversation)
@@ -350,7 +348,7 @@ class SftMixer:
         pools = self.write_pools(work / "pools")
         kept = pa.concat_tables([self.curate(task, pool) for task, pool in pools.items()])
         train, valid = self.mix(kept)
-        if self.config.tokenizer:
+        if self.tokenizer is not None:
             self.count_tokens(train, valid)
         files = {"train": self.write_split(train, "train"), "valid": self.write_split(valid, "valid")}
         stats = {"name": self.config.name, "tasks": {t: _plain(s) for t, s in sorted(self.stats.items())},
