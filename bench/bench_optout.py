@@ -1,7 +1,8 @@
 """`optout apply` vs a full re-run, and `optout check` latency (issue 7).
 
 Dataset: the shared real-code corpus (bench/common.py, > 500 MB of content) run through the shipped
-config's stages with `opt_out` first and an empty registry -> release v1. Then 100 repositories
+config's stages (`--stages`: or all of the SPEC's, or exact_dedup alone) with `opt_out` first and an
+empty registry -> release v1. Then 100 repositories
 (a seeded choice among those whose owner is a valid GitHub name) are opted out by requests of
 their owners. Timed, interleaved, median of --reps:
   (a) `pipeline optout apply --dataset v1 --output v2`
@@ -10,7 +11,7 @@ their owners. Timed, interleaved, median of --reps:
 `optout check`: the CLI's wall time and the DuckDB query alone, for an account and for a repository,
 on v1 and on a copy of its data/ made larger than 1 GB of content with hard links.
 
-    .venv/bin/python bench/bench_optout.py [--corpus /tmp/codecurate-corpus] [--work /tmp/codecurate-bench-optout]
+    .venv/bin/python bench/bench_optout.py [--stages shipped|all|minimal] [--reps 2] [--corpus DIR --roots ...]
 """
 
 import argparse
@@ -140,6 +141,7 @@ def check_latency(dataset: Path, target: str, reps: int = 5) -> tuple[float, flo
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--corpus", default="/tmp/codecurate-corpus")
+    parser.add_argument("--roots", nargs="+", help="source roots of the corpus when it is made (default: common's)")
     parser.add_argument("--work", default="/tmp/codecurate-bench-optout")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--stages", choices=["shipped", "all", "minimal"], default="shipped",
@@ -148,7 +150,7 @@ def main() -> None:
     args = parser.parse_args()
     console = Console()
     corpus, work = Path(args.corpus), Path(args.work)
-    make_corpus(corpus)
+    make_corpus(corpus, args.roots)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     config = write_config(work, corpus, args.stages)

@@ -1,7 +1,7 @@
 """Presidio recognizers for PII and secrets in source code.
 
-Each recognizer is a presidio `EntityRecognizer`, so a user can add their own to the registry the
-presidio way (`PiiEngine.registry.add_recognizer`). Ours find spans with their own regexes and
+Each recognizer is a presidio `EntityRecognizer` in the engine's `RecognizerRegistry`, next to any a
+user adds the presidio way (the stage's `recognizers:` option). Ours find spans with their own regexes and
 the false-positive filters of `stages.pii_filters`; none needs NLP artifacts (NAME is presidio's
 `SpacyRecognizer` on a user-supplied NER pipeline).
 """
@@ -65,12 +65,13 @@ def line_bounds(text: str, pos: int) -> Span:
 
 
 _TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "+/=_-")
+_TOKEN_START_CHARS = _TOKEN_CHARS - {"="}  # `NAME=token`: never grow back over the assignment
 
 
 def token_bounds(text: str, start: int, end: int) -> Span:
     """Grow a plugin's match to the whole token: some plugins' regexes stop early (Slack's
     `[a-z0-9]+` on a mixed-case tail, JWT's lazy signature), which would leave part of the secret."""
-    while start > 0 and text[start - 1] in _TOKEN_CHARS:
+    while start > 0 and text[start - 1] in _TOKEN_START_CHARS:
         start -= 1
     while end < len(text) and (text[end] in _TOKEN_CHARS or text[end] == "." and end + 1 < len(text)
                                and text[end + 1] in _TOKEN_CHARS):
@@ -135,7 +136,7 @@ class EmailRecognizer(CodeRecognizer):
         rf"(?P<domain>(?:[A-Za-z0-9](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?{_DOT})+[A-Za-z]{{2,24}})(?![\w-])"
     )
     _OBFUSCATED_DOT = re.compile(r"\s?[\[(<{]\s?(?i:dot)\s?[\])>}]\s?")
-    _URL_USER = re.compile(r"://[^\s/@]*$")
+    _URL_USER = re.compile(r"://[^\s/@]*\Z")
 
     def spans(self, text: str) -> Iterator[Span]:
         for match in self.PATTERN.finditer(text):
@@ -228,6 +229,7 @@ class SecretsRecognizer(CodeRecognizer):
     # An unquoted base64 run standing alone (a key pasted in a comment); blobs are runs of such lines. Bare
     # hex runs are left alone: commit ids and digests, indistinguishable from hex keys without a keyword.
     LONE_RUN = re.compile(r"(?<![A-Za-z0-9+/=_.-])[A-Za-z0-9+/]{32,100}={0,2}(?![A-Za-z0-9+/=_.-])")
+    BLOB_LINE = re.compile(r"[ \t]*[bru]?[\"']?[A-Za-z0-9+/]{40,}={0,2}[\"']?[,\\+]?[ \t]*$")
     BARE_VALUE = re.compile(r"(?m)^[ \t]*(?:export[ \t]+)?[\w.-]+[ \t]*[:=][ \t]*([A-Za-z0-9+/=_-]{20,})[ \t]*$")
 
     def __init__(self):
@@ -245,8 +247,11 @@ class SecretsRecognizer(CodeRecognizer):
                 for match in regex.finditer(text):
                     start, end = token_bounds(text, *secret_span(match))
                     value = text[start:end]
-                    if len(value) >= 8 and not F.is_templated(value) and not F.is_sequential(value):
-                        yield start, end
+                    if len(value) < 8 or F.is_templated(value) or F.is_sequential(value):
+                        continue
+                    if not isinstance(plugin, jwt.JwtTokenDetector) and self.in_data(value, text, start, end):
+                        continue  # `AC` + 32 lowercase (Twilio) and the like also occur inside base64 blobs
+                    yield start, end
         for match in self.PREFIXED.finditer(text):
             yield match.span()
         candidates = set(self.base64.analyze_string(text)) | set(self.hex.analyze_string(text))
@@ -261,13 +266,18 @@ class SecretsRecognizer(CodeRecognizer):
             if not any(self.is_false_positive(value, text, start) for start, _ in places):
                 yield from places
 
+    def in_data(self, value: str, text: str, start: int, end: int) -> bool:
+        line_start, line_end = line_bounds(text, start)
+        return F.is_data_blob(value, text[line_start:line_end]) or self.in_blob(text, start, end)
+
     def in_blob(self, text: str, start: int, end: int) -> bool:
-        """The line before or after also holds a long base64 run: embedded data, not a key."""
+        """The line before or after is nothing but base64 (`b'UEsDBBQ...'`): embedded data, not a key. Lines
+        with a name (`AWS_SECRET_ACCESS_KEY=...` after `AWS_ACCESS_KEY_ID=...`) are not data."""
         line_start, line_end = line_bounds(text, start)
         before = text[text.rfind("\n", 0, max(line_start - 1, 0)) + 1: max(line_start - 1, 0)]
         after_end = text.find("\n", line_end + 1)
         after = text[line_end + 1: len(text) if after_end < 0 else after_end]
-        return bool(self.LONE_RUN.search(before) or self.LONE_RUN.search(after))
+        return bool(self.BLOB_LINE.match(before) or self.BLOB_LINE.match(after))
 
     def high_entropy(self, value: str) -> bool:
         if len(value) < MIN_ENTROPY_LENGTH or not any(c.isdigit() for c in value):
