@@ -1,16 +1,13 @@
 """The matching engine of `decontaminate` (imported when the stage starts: numba and the automaton are heavy).
 
-Two matchers over each benchmark string (a task's statement, solution, tests...), indexed once per
-process:
-- exact: every string of at least `min_chars` (case-folded, whitespace collapsed; one-line code left
-  out: trivial solutions such as `return a + b`) in one Aho–Corasick automaton;
-- ngram: code-aware tokens (comments and indentation dropped, strings split into words, case-folded),
-  `ngram_size`-grams hashed to uint64 and held in one sorted array. A record is contaminated when it
-  holds at least `min_overlap` of one benchmark string's distinctive n-grams. Code strings are also
-  indexed with identifiers replaced by placeholders numbered by first occurrence inside the n-gram
-  (`x = x + y` -> `v0 = v0 + v1`), so copies with renamed variables still match.
-N-grams shared by several tasks (boilerplate such as HumanEval's METADATA block) are not distinctive
-and are left out; strings with fewer than `min_ngrams` distinctive n-grams are matched exactly only.
+Two matchers over each benchmark string (a task's statement, solution, tests), indexed once per process:
+- exact: normalised strings (case-folded, whitespace collapsed) in one Aho–Corasick automaton: prose of
+  `min_chars` or more, code of two lines or more that is that long or defines a named function/class;
+- n-gram: code-aware tokens (comments and indentation dropped, strings split into words, case-folded),
+  `ngram_size`-grams hashed to uint64 in one sorted array. Each string is a view; code strings have a
+  second view with identifiers as placeholders numbered by first occurrence inside the n-gram
+  (`x = x + y` -> `v0 = v0 + v1`), so renamed copies still match. A record matches a view when it holds
+  `min_overlap` of its distinctive n-grams (and at least `min_idiom_ngrams` for views prone to idiom).
 """
 
 import builtins
@@ -37,7 +34,6 @@ _NGRAM_SEED = U64(0x9E3779B97F4A7C15)
 _NGRAM_PRIME = U64(0xD6E8FEB86659FD93)
 _PUNCT_SEED = U64(0x5851F42D4C957F2D)
 _PLACEHOLDER_SEED = U64(0x14057B7EF767814F)
-_MAX_PLACEHOLDERS = 64
 _DEFINITION = re.compile(r"^\s*(?:async\s+)?(?:def|class)\s+\w", re.MULTILINE)
 # An n-gram found in this many tasks is boilerplate (HumanEval's METADATA block, `for i in range(len(arr))`);
 # two is still distinctive: benchmarks hold duplicate tasks (MBPP has pairs with the same solution).
