@@ -12,12 +12,12 @@ import json
 import os
 import re
 import shutil
+import threading
 from bisect import bisect_right
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
 from pathlib import Path
 
 import pyarrow as pa
@@ -174,6 +174,8 @@ class ReleaseWriter:
         self.row_group_bytes = output.get("row_group_bytes", 32 * 2**20)
         self.schemas: dict[int, pa.Schema] = {}
         self.counts: Counter = Counter()  # shards rewritten, linked, new
+        self.next_shard: dict[tuple[str, int], int] = {}
+        self.lock = threading.Lock()
 
     def write(self, replay: Replay) -> dict[Ref, int]:
         """Apply the replay's decisions; returns the UTF-8 size of every row that left its shard."""
@@ -184,29 +186,25 @@ class ReleaseWriter:
         updates: dict[int, dict[int, dict]] = defaultdict(dict)
         for ref, update in replay.updates.items():
             updates[ref.file][ref.row] = update
+        self.pos_of = {name: i for i, name in enumerate(self.old.names)}
+        for pos in {self.pos_of[m.folder] for m in replay.moves.values() if m} | {len(self.old.specs)}:
+            self.schemas[pos] = self.old.folder_schema(pos)  # read here, before the threads need them
         touched = sorted(set(moves) | set(updates))
+        sizes: dict[Ref, int] = {}
         with ThreadPoolExecutor(cpu_count()) as pool:
-            results = list(pool.map(lambda i: self.rewrite(shards[i], i, moves[i], updates[i]), touched))
+            for part in pool.map(lambda i: self.rewrite(shards[i], i, moves[i], updates[i]), touched):
+                sizes.update(part)
         self.counts["rewritten"] = len(touched)
         self.link_the_rest(set(touched))
-        new: dict[tuple[int, int], list[pa.Table]] = defaultdict(list)  # (stage index, task) -> rows
-        pos_of = {name: i for i, name in enumerate(self.old.names)}
-        sizes: dict[Ref, int] = {}
-        for index, (moved, moved_sizes) in zip(touched, results, strict=True):
-            sizes.update(moved_sizes)
-            for taken, dest in moved:
-                for folder in sorted({m.folder for m in dest if m is not None}):
-                    rows = [i for i, m in enumerate(dest) if m is not None and m.folder == folder]
-                    part = self.removed_rows(taken.take(pa.array(rows, pa.int64())), [dest[i] for i in rows],
-                                             pos_of[folder])
-                    new[(pos_of[folder], shards[index].task)].append(part)
-        made = defaultdict(list, {(pos_of[folder], task): rows for (folder, task), rows in replay.new_rows.items()})
+        made = defaultdict(list, {(self.pos_of[folder], task): rows
+                                  for (folder, task), rows in replay.new_rows.items()})
         for arrival in replay.arrivals:
             made[(len(self.old.specs), arrival.task)].append(arrival.row)
-        for (pos, task), rows in made.items():
-            new[(pos, task)].append(pa.Table.from_pylist(rows, schema=self.schema(pos)))
-        for (pos, task), tables in sorted(new.items()):
-            self.write_new(pos, task, pa.concat_tables(tables))
+        for (pos, task), rows in sorted(made.items()):
+            table = pa.Table.from_pylist(rows, schema=self.schema(pos))
+            table = table.take(pc.sort_indices(table, [(c, "ascending") for c in ("repo_name", "path", "blob_id")]))
+            pq.write_table(table, self.new_shard(pos, task), compression="zstd",
+                           compression_level=self.compression_level, row_group_size=self.rows_per_group(table))
         return sizes
 
     def schema(self, pos: int) -> pa.Schema:
@@ -214,9 +212,28 @@ class ReleaseWriter:
             self.schemas[pos] = self.old.folder_schema(pos)
         return self.schemas[pos]
 
+    def rows_per_group(self, table: pa.Table) -> int | None:
+        size = pc.sum(pc.binary_length(table[CONTENT])).as_py() or 0
+        return max(1, int(table.num_rows * self.row_group_bytes / size)) if size else None
+
+    def new_shard(self, pos: int, task: int) -> Path:
+        """The path of a new shard `{task}_{next n}` of data/ or removed/<stage pos>/ (thread-safe)."""
+        folder = "data" if pos == len(self.old.specs) else f"removed/{self.old.names[pos]}"
+        with self.lock:
+            if (folder, task) not in self.next_shard:
+                taken = [int(m.group(2)) for p in (self.old.path / folder).glob(f"{task:05d}_*.parquet")
+                         if (m := SHARD_NAME.fullmatch(p.name))]
+                self.next_shard[(folder, task)] = max(taken, default=-1) + 1
+            n = self.next_shard[(folder, task)]
+            self.next_shard[(folder, task)] += 1
+            self.counts["new"] += 1
+        path = self.tmp / folder / f"{task:05d}_{n:03d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
     def removed_rows(self, rows: pa.Table, moves: list[Move], pos: int) -> pa.Table:
         """Rows moving to removed/<stage pos>/: as they entered that stage, with their removal columns."""
-        table = _project(rows.drop_columns([c for c in REMOVAL_KEYS if c in rows.column_names]), self.schema(pos))
+        table = _project(rows.drop_columns([c for c in REMOVAL_KEYS if c in rows.column_names]), self.schemas[pos])
         for column, attr in (("removed_by", "folder"), ("removal_reason", "reason"),
                              ("kept_repo_name", "kept_repo_name"), ("kept_path", "kept_path")):
             table = table.set_column(table.schema.get_field_index(column), column,
@@ -224,12 +241,14 @@ class ReleaseWriter:
         return table
 
     def rewrite(self, shard: Shard, index: int, moves: dict[int, Move | None], updates: dict[int, dict]):
-        """Copy `shard` without its moved rows and with `updates`, row group by row group.
-        Returns the moved rows with their Move (None: promoted) and every moved row's size."""
+        """Copy `shard` row group by row group without its moved rows and with `updates`; moved rows
+        go straight to new shards of their folder (promoted ones travel with the replay). Returns
+        every moved row's size."""
         pf = pq.ParquetFile(shard.path)
         path = self.tmp / shard.rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer, offset, moved, sizes = None, 0, [], {}
+        writer, offset, sizes = None, 0, {}
+        moved: dict[int, pq.ParquetWriter] = {}  # destination stage -> its new shard
         for g in range(pf.num_row_groups):
             table = pf.read_row_group(g)
             rows = range(offset, offset + table.num_rows)
@@ -243,19 +262,26 @@ class ReleaseWriter:
                                          pa.array(values, table.schema.field(column).type))
             gone = [i for i, r in enumerate(rows) if r in moves]
             if gone:
-                taken = table.take(pa.array(gone, pa.int64()))
-                for i, length in zip(gone, pc.binary_length(taken[CONTENT]).to_pylist(), strict=True):
+                for i, length in zip(gone, pc.binary_length(table.take(gone)[CONTENT]).to_pylist(), strict=True):
                     sizes[Ref(index, rows[i])] = length or 0
-                moved.append((taken, [moves[rows[i]] for i in gone]))
+                for folder in sorted({moves[rows[i]].folder for i in gone if moves[rows[i]] is not None}):
+                    picked = [i for i in gone if moves[rows[i]] is not None and moves[rows[i]].folder == folder]
+                    pos = self.pos_of[folder]
+                    part = self.removed_rows(table.take(picked), [moves[rows[i]] for i in picked], pos)
+                    if pos not in moved:
+                        moved[pos] = pq.ParquetWriter(self.new_shard(pos, shard.task), part.schema,
+                                                      compression="zstd", compression_level=self.compression_level)
+                    moved[pos].write_table(part, row_group_size=part.num_rows)
                 table = table.filter(pc.invert(pc.is_in(pa.array(range(table.num_rows)), value_set=pa.array(gone))))
             if table.num_rows:
                 if writer is None:
                     writer = pq.ParquetWriter(path, pf.schema_arrow, compression="zstd",
                                               compression_level=self.compression_level)
                 writer.write_table(table, row_group_size=table.num_rows)
-        if writer is not None:
-            writer.close()
-        return moved, sizes
+        for w in [writer, *moved.values()]:
+            if w is not None:
+                w.close()
+        return sizes
 
     def link_the_rest(self, touched: set[int]) -> None:
         """Hard-link the shards left as they were, the removed/ folders up to opt_out, the input ids
@@ -281,25 +307,15 @@ class ReleaseWriter:
         except OSError:
             shutil.copy2(src, dst)
 
-    def write_new(self, pos: int, task: int, table: pa.Table) -> None:
-        """A new shard `{task}_{next n}` of data/ or removed/<stage pos>/, rows in identity order."""
-        folder = "data" if pos == len(self.old.specs) else f"removed/{self.old.names[pos]}"
-        table = table.take(pc.sort_indices(table, [(c, "ascending") for c in ("repo_name", "path", "blob_id")]))
-        taken = [int(m.group(2)) for p in (self.old.path / folder).glob(f"{task:05d}_*.parquet")
-                 if (m := SHARD_NAME.fullmatch(p.name))]
-        path = self.tmp / folder / f"{task:05d}_{max(taken, default=-1) + 1:03d}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        size = pc.sum(pc.binary_length(table[CONTENT])).as_py() or 0
-        rows = max(1, int(table.num_rows * self.row_group_bytes / size)) if size else None
-        pq.write_table(table, path, compression="zstd", compression_level=self.compression_level, row_group_size=rows)
-        self.counts["new"] += 1
-
 
 def fetch_rows(shards: list[Shard], refs: list[Ref]) -> list[dict]:
     """Full rows of the old release, in the order of `refs`; each row group needed is read once."""
     wanted: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)  # (file, group) -> (row, offset)
+    group_starts: dict[int, list[int]] = {}
     for ref in refs:
-        starts = _group_starts(shards[ref.file].path)
+        if ref.file not in group_starts:
+            group_starts[ref.file] = _group_starts(shards[ref.file].path)
+        starts = group_starts[ref.file]
         group = bisect_right(starts, ref.row) - 1
         wanted[(ref.file, group)].append((ref.row, ref.row - starts[group]))
 
@@ -316,7 +332,6 @@ def fetch_rows(shards: list[Shard], refs: list[Ref]) -> list[dict]:
     return [found[ref] for ref in refs]
 
 
-@cache
 def _group_starts(path: Path) -> list[int]:
     """The first row of each row group of a shard."""
     meta = pq.ParquetFile(path).metadata
