@@ -1,6 +1,8 @@
 """`optout apply` vs a full re-run, and `optout check` latency (issue 7).
 
-Dataset: the shared real-code corpus (bench/common.py, > 500 MB of content) run through the shipped
+Dataset: real code of this machine ingested with every package directory as its own source root, so
+its name is the owner and its sub-directories are repositories (an organisation with many
+repositories: ~thousands of repositories, > 500 MB of content), run through the shipped
 config's stages (`--stages`: or all of the SPEC's, or exact_dedup alone) with `opt_out` first and an
 empty registry -> release v1. Then 100 repositories
 (a seeded choice among those whose owner is a valid GitHub name) are opted out by requests of
@@ -24,12 +26,13 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
 import duckdb
 import yaml
-from common import make_corpus, medians, timed
+from common import DEFAULT_ROOTS, make_corpus, medians, timed
 from rich.console import Console
 from rich.table import Table
 
@@ -67,6 +70,20 @@ def write_config(work: Path, corpus: Path, which: str) -> Path:
     path = work / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def package_roots() -> list[str]:
+    """Every directory inside the machine's code roots (bench/common.py), as a source root of its own."""
+    bases = []
+    for root in DEFAULT_ROOTS:
+        if root == "@python":
+            paths = sysconfig.get_paths()
+            bases += [paths["stdlib"], paths["purelib"]]
+        else:
+            bases.append(root)
+    skip = {"__pycache__", "site-packages", "dist-packages"}
+    return [str(d) for base in dict.fromkeys(bases) if Path(base).is_dir() for d in sorted(Path(base).iterdir())
+            if d.is_dir() and not d.is_symlink() and d.name not in skip and not d.name.startswith(".")]
 
 
 def valid_owner(repo: str) -> bool:
@@ -140,8 +157,9 @@ def check_latency(dataset: Path, target: str, reps: int = 5) -> tuple[float, flo
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--corpus", default="/tmp/codecurate-corpus")
-    parser.add_argument("--roots", nargs="+", help="source roots of the corpus when it is made (default: common's)")
+    parser.add_argument("--corpus", default="/tmp/codecurate-corpus-repos")
+    parser.add_argument("--roots", nargs="+", help="source roots of the corpus when it is made (default: every "
+                                                   "package directory of bench/common.py's roots)")
     parser.add_argument("--work", default="/tmp/codecurate-bench-optout")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--stages", choices=["shipped", "all", "minimal"], default="shipped",
@@ -150,7 +168,7 @@ def main() -> None:
     args = parser.parse_args()
     console = Console()
     corpus, work = Path(args.corpus), Path(args.work)
-    make_corpus(corpus, args.roots)
+    make_corpus(corpus, args.roots or package_roots())
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     config = write_config(work, corpus, args.stages)
@@ -162,8 +180,9 @@ def main() -> None:
     mb = stats["totals"]["bytes_in"] / 1e6
     chosen = opt_out_repos(work, v1)
     console.print(f"stages: opt_out, {', '.join(next(iter(s)) for s in config_stages(args.stages))}")
-    console.print(f"release v1: {stats['totals']['records_out']:,} records, {mb:,.0f} MB of input content, "
-                  f"first run {first_run:.0f} s; opting out {len(chosen)} repositories")
+    repos = duckdb.sql(f"SELECT count(DISTINCT repo_name) FROM read_parquet('{v1}/data/*.parquet')").fetchall()[0][0]
+    console.print(f"release v1: {stats['totals']['records_out']:,} records in {repos:,} repositories, {mb:,.0f} MB "
+                  f"of input content, first run {first_run:.0f} s; opting out {len(chosen)} repositories")
 
     timings: dict[str, list[float]] = {"optout apply": [], "full re-run": []}
     for _ in range(args.reps):  # interleaved
@@ -183,7 +202,9 @@ def main() -> None:
     for name, seconds in med.items():
         table.add_row(name, f"{seconds:.1f}", f"{mb / seconds:,.0f}", f"{med['full re-run'] / seconds:.1f}x")
     console.print(table)
-    console.print(f"apply: {release['records_opted_out']:,} records opted out, promoted {release['records_promoted']}, "
+    share = release["records_opted_out"] / stats["totals"]["records_in"]
+    console.print(f"apply: {release['records_opted_out']:,} records opted out ({share:.1%} of the input), "
+                  f"promoted {release['records_promoted']}, "
                   f"shards {release['shards_rewritten']} rewritten / {release['shards_new']} new / "
                   f"{release['shards_linked']} linked; same records as the re-run: "
                   f"{'yes' if not differ else 'NO ' + '; '.join(differ)}; verify: {'OK' if verified else 'FAILED'}")

@@ -92,20 +92,27 @@ def _columns(files: list[str]) -> set[str]:
     return names
 
 
-def _size_sql(columns: set[str]) -> str | None:
-    """The input's own file size where it carries one (`length_bytes`: Stack v2 and source trees), so
-    the card never reads `content`; otherwise the UTF-8 length of `content`."""
+def _size_selects(files: list[str]) -> list[str]:
+    """SQL giving each record's size: the input's own `length_bytes` where it has one (Stack v2 and
+    source trees), else the UTF-8 length of `content`. DuckDB skips the row groups whose statistics
+    say `length_bytes` has no nulls, so the card reads `content` only for records without a size."""
+    if not files:
+        return []
+    columns = _columns(files)
+    selects = []
     if "length_bytes" in columns:
-        return "length_bytes"
-    return "strlen(content)" if "content" in columns else None
+        selects.append(f"SELECT length_bytes AS size FROM {_scan(files)} WHERE length_bytes IS NOT NULL")
+    if "content" in columns:
+        missing = " WHERE length_bytes IS NULL" if "length_bytes" in columns else ""
+        selects.append(f"SELECT strlen(content) AS size FROM {_scan(files)}{missing}")
+    return selects
 
 
-def _sizes(con, parts: list[tuple[list[str], str]]) -> SizeSummary:
-    selects = [f"SELECT {size}::BIGINT AS size FROM {_scan(files)}" for files, size in parts if files]
+def _sizes(con, selects: list[str]) -> SizeSummary:
     if not selects:
         return SizeSummary()
-    con.execute(f"CREATE OR REPLACE TEMP TABLE sizes AS SELECT size FROM ({' UNION ALL '.join(selects)}) "
-                "WHERE size IS NOT NULL")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE sizes AS SELECT size::BIGINT AS size FROM "
+                f"({' UNION ALL '.join(selects)}) WHERE size IS NOT NULL")
     files, median, p90, largest = con.execute(
         "SELECT count(*), coalesce(quantile_cont(size, 0.5), 0), coalesce(quantile_cont(size, 0.9), 0), "
         "coalesce(max(size), 0) FROM sizes").fetchone()
@@ -130,10 +137,8 @@ def read_facts(out: Path, stages: list[dict]) -> DataFacts:
         detected = con.execute(f"SELECT lic, count(*) FROM (SELECT unnest(detected_licenses) AS lic FROM "
                                f"{_scan(data)}) WHERE lic IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
 
-    after_size = _size_sql(data_columns)
-    after = _sizes(con, [(data, after_size)]) if after_size else SizeSummary()
-    parts = [(data, after_size)] + [(files, _size_sql(_columns(files))) for files in removed.values()]
-    before = _sizes(con, [(f, s) for f, s in parts if s])
+    after = _sizes(con, _size_selects(data))
+    before = _sizes(con, _size_selects(data) + [q for files in removed.values() for q in _size_selects(files)])
 
     reasons, clusters = [], {}
     if removed:

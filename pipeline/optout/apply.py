@@ -157,7 +157,7 @@ def _read_catalog(shard: Shard | None, index: int = 0) -> pa.Table:
     n = table.num_rows
     for c in CATALOG_COLUMNS:
         if c not in table.column_names:
-            table = table.append_column(c, pa.nulls(n, pa.string()))
+            table = table.append_column(c, pa.nulls(n))  # null type: unifies with the others' type
     table = table.select(list(CATALOG_COLUMNS))
     loc = shard.loc if shard else 0
     return table.append_column("_loc", pa.array([loc] * n, pa.int32())).append_column(
@@ -348,7 +348,8 @@ def plan(old: OldRelease) -> Replay:
         parts = list(pool.map(_read_catalog, shards, range(len(shards))))
     table = pa.concat_tables(parts, promote_options="permissive") if parts else _read_catalog(None)
     optouts = old.optouts
-    names = pc.unique(table["repo_name"].filter(optouts.mask(table["repo_name"]))).to_pylist() if len(optouts) else []
+    hits = optouts.mask(table["repo_name"]) if len(optouts) and table.num_rows else pa.array([], pa.bool_())
+    names = pc.unique(table["repo_name"].filter(hits)).to_pylist() if len(hits) else []
     replay = Replay(old.stages, old.k, Catalog(table), lambda refs: fetch_rows(shards, refs), lambda f: shards[f].task)
     replay.opt_out({name: optouts.reason(name) for name in names})
     replay.run()

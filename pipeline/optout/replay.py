@@ -128,7 +128,9 @@ class Catalog:
         return self.rows(pc.indices_nonzero(pc.equal(self.table["_loc"], loc)).to_pylist())
 
     def keep_schema(self) -> pa.Schema:
-        return pa.schema([self.table.schema.field(f) for f in KEEP_FIELDS if f in self.table.column_names])
+        """The keep-rule fields the release has (a column absent from every shard is left out)."""
+        fields = [self.table.schema.field(f) for f in KEEP_FIELDS if f in self.table.column_names]
+        return pa.schema([f for f in fields if f.type != pa.null()])
 
 
 class Replay:
