@@ -241,12 +241,21 @@ def _sql_str(value) -> str:
 def _record_ids(files: list[str]) -> str:
     """SQL: the shards with each record's id (its position in sorted file order, then row order)."""
     offsets, start = [], 0
-    for i, f in enumerate(files):
-        offsets.append(f"({i}, {start}, {_sql_str(f)})")
+    for f in files:
+        offsets.append(f"({start}, {_sql_str(f)})")
         start += pq.ParquetFile(f).metadata.num_rows
     return (f"(SELECT o.start + d.file_row_number AS rid, d.* FROM read_parquet({sql_paths(files)}, "
             f"filename=true, file_row_number=true, union_by_name=true) d "
-            f"JOIN (VALUES {', '.join(offsets)}) o(i, start, filename) USING (filename))")
+            f"JOIN (VALUES {', '.join(offsets)}) o(start, filename) USING (filename))")
+
+
+def index_batch(texts: pa.Array, hasher: MinHasher, params: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the index keeps of a batch of texts: MinHash signatures (texts, num_perm) and the distinct
+    line hashes of each text (flat, with offsets)."""
+    texts = texts.fill_null("")
+    values, offsets, _ = batch_shingles(texts, params["ngram_size"], params["operators"])
+    lines, line_offsets = _distinct_lines(*_utf8_buffers(texts))
+    return hasher.signatures(values, offsets), lines, line_offsets
 
 
 def _scan(files: list[str], sig_path: Path, params: dict, workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -265,10 +274,7 @@ def _scan(files: list[str], sig_path: Path, params: dict, workers: int) -> tuple
         f, group, row = unit
         hashes, ids = [], []
         for batch in pq.ParquetFile(f).iter_batches(BATCH_ROWS, row_groups=[group], columns=["content"]):
-            texts = batch.column(0).fill_null("")
-            values, offsets, _ = batch_shingles(texts, params["ngram_size"], params["operators"])
-            signatures[row:row + batch.num_rows] = hasher.signatures(values, offsets)
-            lines, line_offsets = _distinct_lines(*_utf8_buffers(texts))
+            signatures[row:row + batch.num_rows], lines, line_offsets = index_batch(batch.column(0), hasher, params)
             hashes.append(lines)
             ids.append(np.repeat(np.arange(row, row + batch.num_rows, dtype=np.uint32), np.diff(line_offsets)))
             row += batch.num_rows
