@@ -5,6 +5,7 @@ uniform sample, found with a prefix-filtered inverted index and checked against 
 sub-sample. A true pair (J >= threshold) is found when both files end in the same cluster.
 
     .venv/bin/python bench/dedup_accuracy.py CORPUS_DIR [--sample 10000] [--threshold 0.7]
+    .venv/bin/python bench/dedup_accuracy.py CORPUS_DIR --repo-forks 300   # repository document: union vs concatenation
 
 CORPUS_DIR holds Parquet files with `content` (e.g. the data/ of `pipeline ingest @python /usr/include ...`).
 Files with fewer than 5 tokens have no shingles and are left out of the sample (exact dedup's job).
@@ -28,7 +29,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_dedup import run_datatrove  # noqa: E402
 
-from stages.minhash import pair_jaccard  # noqa: E402
+from stages.minhash import exact_jaccard, pair_jaccard  # noqa: E402
 from stages.shingles import batch_shingles  # noqa: E402
 
 BANDS = [("0.70-0.85", 0.70, 0.85), ("0.85-1", 0.85, 1.0), ("=1", 1.0, 1.1)]
@@ -176,6 +177,62 @@ def sample_corpus(corpus: Path, size: int, seed: int, out: Path, exclude: str | 
     return sample
 
 
+def fork_of(files: list[tuple[str, str]], donors: list[tuple[str, str]], rng: np.random.Generator):
+    """A typical fork: 5% of the lines of a fifth of the files edited, two files added, one moved to
+    another directory, one deleted."""
+    files = list(files)
+    for i in rng.choice(len(files), max(1, len(files) // 5), replace=False):
+        lines = files[i][1].splitlines()
+        for j in rng.choice(len(lines), max(1, len(lines) // 20), replace=False) if lines else []:
+            lines[j] = lines[j] + f"  # fork change {rng.integers(10**6)}"
+        files[i] = (files[i][0], "\n".join(lines))
+    files.pop(int(rng.integers(len(files))))
+    moved = int(rng.integers(len(files)))
+    files[moved] = ("zz_moved/" + files[moved][0].rsplit("/", 1)[-1], files[moved][1])
+    files += [(f"added/{k}_" + donors[k][0].rsplit("/", 1)[-1], donors[k][1]) for k in range(2)]
+    return files
+
+
+def repo_documents(corpus: Path, forks: int, seed: int, threshold: float = 0.85) -> None:
+    """Which repository document finds forks better: the union of its files' shingles, or the shingles
+    of its files concatenated in path order? Planted forks of real repositories, and all pairs of
+    distinct real repositories (pairs over the threshold there are merges of different repositories)."""
+    table = pa.concat_tables([pq.read_table(f, columns=["repo_name", "path", "content"])
+                              for f in sorted(corpus.glob("*.parquet"))], promote_options="permissive")
+    repos: dict[str, list[tuple[str, str]]] = {}
+    for repo, path, text in zip(*(table[c].to_pylist() for c in ("repo_name", "path", "content")), strict=True):
+        repos.setdefault(repo, []).append((path, text or ""))
+    repos = {r: sorted(f) for r, f in repos.items() if 6 <= len(f) and sum(len(t) for _, t in f) < 5_000_000}
+    names = sorted(repos)
+    rng = np.random.default_rng(seed)
+    originals = [names[i] for i in rng.choice(len(names), min(forks, len(names)), replace=False)]
+    planted = {f"fork/{r}": fork_of(repos[r], repos[names[(i + 1) % len(names)]][:2], rng)
+               for i, r in enumerate(originals)}
+
+    def documents(files_by_repo: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        union_parts, concat_texts = [], []
+        for files in files_by_repo.values():
+            values, offsets, _ = batch_shingles(pa.array([t for _, t in files], pa.large_string()))
+            union_parts.append(np.unique(values))
+            concat_texts.append("\n".join(t for _, t in sorted(files)))
+        concat_values, concat_offsets, _ = batch_shingles(pa.array(concat_texts, pa.large_string()))
+        concat = [np.unique(concat_values[concat_offsets[i]:concat_offsets[i + 1]]) for i in range(len(concat_texts))]
+        return {"union": union_parts, "concatenation": concat}
+
+    real, fork_docs = documents(repos), documents(planted)
+    index = {r: i for i, r in enumerate(names)}
+    print(f"\n### Repository document: {len(names)} real repositories (6+ files), {len(planted)} planted forks")
+    print(f"| document | forks found (J >= {threshold}) | median fork J | distinct real repo pairs >= {threshold} |")
+    print("|---|---|---|---|")
+    for kind in ("union", "concatenation"):
+        sets = real[kind]
+        flat = np.concatenate(sets)
+        offsets = np.r_[0, np.cumsum([len(x) for x in sets])]
+        a, _, _ = all_pairs(flat, offsets, threshold)
+        fork_j = [exact_jaccard(fork_docs[kind][k], sets[index[r]]) for k, r in enumerate(originals)]
+        print(f"| {kind} | {np.mean(np.array(fork_j) >= threshold):.3f} | {np.median(fork_j):.3f} | {len(a)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("corpus", type=Path)
@@ -185,7 +242,12 @@ def main() -> None:
     parser.add_argument("--exclude-repos", help="regex of repo_name left out of the corpus before sampling")
     parser.add_argument("--brute-force-check", type=int, default=1500, help="sub-sample checked against brute force")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--repo-forks", type=int, default=0,
+                        help="instead: compare repository documents (union vs concatenation) with N planted forks")
     args = parser.parse_args()
+    if args.repo_forks:
+        repo_documents(args.corpus, args.repo_forks, args.seed)
+        return
     with tempfile.TemporaryDirectory(prefix="dedup_accuracy_") as tmp:
         work = Path(tmp)
         (work / "sample").mkdir()

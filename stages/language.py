@@ -21,6 +21,7 @@ from stages.linguist import enry, language_type
 from stages.quality_signals import comments, line_comment_marker
 
 NOTEBOOK = "Jupyter Notebook"
+ENRY_BYTES = 64 * 1024
 # "Generated" markers beyond linguist's own rules, looked for in the first lines only.
 _GENERATED_HEADER = re.compile(
     r"(?i)\b(?:do not edit|don.t edit|auto-?generated|auto generated|automatically generated|generated automatically|"
@@ -150,7 +151,9 @@ class LanguageSelection(CodeStage):
         raw = text.encode("utf-8", "surrogatepass")
         language = meta.get("language") if opts.trust_input_language else None
         if not language:
-            language = enry().get_language(path, raw) or None
+            # enry's classifier is superlinear on some large files (a 451 KB .dat took > 30 min):
+            # the head of a file decides its language as well as the whole
+            language = enry().get_language(path, raw[:ENRY_BYTES]) or None
             meta["language"] = language
             self.details["detected"] += 1
         if (self.selected is not None and language not in self.selected) or (
