@@ -5,6 +5,7 @@ removal reasons in detail, dedup clusters, columns) is read from the Parquet sha
 touching only small columns (never `content`), so every run can afford to write the card.
 """
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,7 +179,10 @@ def human_bytes(n: float) -> str:
 
 
 def pct(part: float, whole: float) -> str:
-    return f"{100 * part / whole:.1f}%" if whole else "–"
+    if not whole:
+        return "–"
+    share = 100 * part / whole
+    return "<0.1%" if 0 < share < 0.05 else f"{share:.1f}%"
 
 
 def table(header: list[str], rows: list[list], align: str = "") -> list[str]:
@@ -334,7 +338,7 @@ class CardWriter:
         return ["## File sizes", "", f"![file sizes of the input and of the kept files]({PLOTS['sizes']})", "",
                 *table(["files", "count", "median", "90th percentile", "largest"], rows), "",
                 "Sizes are UTF-8 bytes (the input's `length_bytes` where it has one); the input side is "
-                "`data/` plus every record in `removed/`."]
+                "`data/` plus every record in `removed/`; empty files are counted at 1 B."]
 
     def licenses(self) -> list[str]:
         lt, dl = self.facts.license_types, self.facts.detected_licenses
@@ -496,7 +500,14 @@ def _figure(height: float):
 
 
 def _save(fig, path: Path) -> None:
-    fig.savefig(path, format="png", metadata={"Software": None})  # no version stamp: byte-stable PNGs
+    """A small, byte-stable PNG: 64-colour palette (the plots use four colours plus anti-aliasing) and no
+    version stamp in the metadata."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(colors=64).save(path, format="PNG", optimize=True)
 
 
 def plot_funnel(stats: dict, path: Path) -> None:
@@ -512,8 +523,9 @@ def plot_funnel(stats: dict, path: Path) -> None:
         top = max(ins, default=0) or 1
         fmt = "{:,.0f}" if unit == "records" else "{:,.1f}"
         for y, (v_in, v_out) in enumerate(zip(ins, outs, strict=True)):
-            ax.text(v_in + top * 0.02, y, f"{fmt.format(v_out)}  (−{fmt.format(v_in - v_out)})", va="center",
-                    fontsize=8)
+            removed = fmt.format(v_in - v_out)
+            label = fmt.format(v_out) + (f"  (−{removed})" if removed.strip("0.") else "")
+            ax.text(v_in + top * 0.02, y, label, va="center", fontsize=8)
         ax.set_xlim(0, top * 1.45)
         ax.set_xlabel(unit, fontsize=9)
         ax.spines[["top", "right"]].set_visible(False)
@@ -534,7 +546,8 @@ def plot_languages(stats: dict, path: Path) -> None:
     shares = [100 * v["bytes"] / total for _, v in langs]
     ax.barh([name for name, _ in langs], shares, color=AFTER)
     for y, (share, (_, v)) in enumerate(zip(shares, langs, strict=True)):
-        ax.text(share + 0.8, y, f"{share:.1f}%  ({v['records']:,} files)", va="center", fontsize=8)
+        label = f"{share:.1f}%" if share >= 0.1 else "<0.1%"
+        ax.text(share + 0.8, y, f"{label}  ({plural(v['records'], 'file')})", va="center", fontsize=8)
     ax.set_xlim(0, max(shares, default=0) * 1.35 + 1)
     ax.set_xlabel("share of kept bytes (%)")
     ax.spines[["top", "right"]].set_visible(False)
