@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--max-chars", type=int, default=None, help="use only the first N characters of files")
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=150)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if not Path(args.tokenizer).exists():

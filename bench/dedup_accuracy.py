@@ -219,7 +219,7 @@ def repo_documents(corpus: Path, forks: int, seed: int, threshold: float = 0.85)
         concat = [np.unique(concat_values[concat_offsets[i]:concat_offsets[i + 1]]) for i in range(len(concat_texts))]
         return {"union": union_parts, "concatenation": concat}
 
-    real, fork_docs = documents(repos), documents(planted)
+    real, fork_docs = documents({r: repos[r] for r in names}), documents(planted)
     index = {r: i for i, r in enumerate(names)}
     print(f"\n### Repository document: {len(names)} real repositories (6+ files), {len(planted)} planted forks")
     print(f"| document | forks found (J >= {threshold}) | median fork J | distinct real repo pairs >= {threshold} |")

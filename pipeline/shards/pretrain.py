@@ -273,15 +273,14 @@ def build_shards(config: PretrainConfig, tokenizer: CodeTokenizer) -> dict:
             writer.write(sequences_table(ids, doc_lens, offsets))
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        previous = None
-        for docs in document_batches(config, builder):
-            texts = [p for doc in docs for p in doc if isinstance(p, str) and p]
-            future = pool.submit(tokenizer.encode, texts)
-            if previous is not None:
-                pack(*previous)
-            previous = (docs, future.result())
-        if previous is not None:
-            pack(*previous)
+        running = None  # (docs, future) of the batch being encoded
+        for docs in document_batches(config, builder):  # read and formatted while `running` encodes
+            done = (running[0], running[1].result()) if running else None
+            running = (docs, pool.submit(tokenizer.encode, [p for d in docs for p in d if isinstance(p, str) and p]))
+            if done:
+                pack(*done)
+        if running:
+            pack(running[0], running[1].result())
     ids, doc_lens, offsets = packer.finish()
     if len(ids):
         writer.write(sequences_table(ids, doc_lens, offsets))
