@@ -22,6 +22,12 @@ def _load_json(out: Path, name: str) -> dict:
         raise UserError(f"{path}: not valid JSON ({e})") from None
 
 
+def _about(license: str | None, language: str | None) -> str:
+    """`   [license: ...  language: ...]` after a record's name, for what the record has."""
+    about = "  ".join(x for x in (license and f"license: {license}", language and f"language: {language}") if x)
+    return f"   [{about}]" if about else ""
+
+
 def _search(args) -> int:
     from pipeline.search import DatasetSearch
 
@@ -34,9 +40,7 @@ def _search(args) -> int:
             print(json.dumps(asdict(hit), ensure_ascii=False))
         return 0
     for hit in hits:
-        about = "  ".join(x for x in (hit.license and f"license: {hit.license}",
-                                      hit.language and f"language: {hit.language}") if x)
-        print(f"== {hit.repo_name} :: {hit.path}" + (f"   [{about}]" if about else ""))
+        print(f"== {hit.repo_name} :: {hit.path}{_about(hit.license, hit.language)}")
         for match in hit.lines:
             for number, text in match.context:
                 print(f"{number:>7} {'>' if number == match.number else '|'} {text}")
@@ -81,9 +85,7 @@ def _membership(args) -> int:
                   "(try --lines)")
         else:
             for n in found:
-                about = "  ".join(x for x in (n.license and f"license: {n.license}",
-                                              n.language and f"language: {n.language}") if x)
-                print(f"J≈{n.jaccard:.2f}  {n.repo_name} :: {n.path}" + (f"   [{about}]" if about else ""))
+                print(f"J≈{n.jaccard:.2f}  {n.repo_name} :: {n.path}{_about(n.license, n.language)}")
             print(f"{len(found)} near-duplicates of {path} (estimated Jaccard >= {args.threshold:g}, "
                   f"{shingles:,} shingles)", file=sys.stderr)
     print(f"query: {time.perf_counter() - start:.3f} s", file=sys.stderr)
@@ -126,10 +128,8 @@ def _stats(args) -> int:
 
     out = Path(args.output)
     stats = _load_json(out, "stats.json")
-    name = json.loads((out / "manifest.json").read_text()).get("name", out.name) \
-        if (out / "manifest.json").is_file() else out.name
     console = Console()
-    console.print(summary_table(stats, title=f"{name} ({out})"))
+    console.print(summary_table(stats, title=str(out)))
     langs = Table(title="kept per language")
     for col in ("language", "files", "MB", "share of bytes"):
         langs.add_column(col, justify="left" if col == "language" else "right")
