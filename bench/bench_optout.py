@@ -1,15 +1,15 @@
 """`optout apply` vs a full re-run, and `optout check` latency (issue 7).
 
-Dataset: real code of this machine ingested with every package directory as its own source root, so
-its name is the owner and its sub-directories are repositories (an organisation with many
-repositories: ~thousands of repositories, > 500 MB of content), run through the shipped
-config's stages (`--stages`: or all of the SPEC's, or exact_dedup alone) with `opt_out` first and an
-empty registry -> release v1. Then 100 repositories
-(a seeded choice among those whose owner is a valid GitHub name) are opted out by requests of
-their owners. Timed, interleaved, median of --reps:
-  (a) `pipeline optout apply --dataset v1 --output v2`
-  (b) `pipeline run` of the same config with the new registry (the full re-run: what apply replaces)
-(a) and (b) must hold the same records with the same contents, and `pipeline verify` must pass on (a).
+Dataset: real code of this machine ingested with every package directory as its own source root
+(its name is the owner, its sub-directories are repositories: ~1,300 repositories, > 500 MB of
+content), run through the shipped config's stages (`--stages`: or all of the SPEC's, or
+exact_dedup alone) with `opt_out` first and an empty registry -> release v1. Then 10 and 100
+repositories (a seeded sample among those whose owner is a valid GitHub name) are opted out by
+requests of their owners, each batch in its own registry. Timed, interleaved, median of --reps:
+  (a) `pipeline optout apply --dataset v1 --output v2-N --registry optout-N.duckdb`
+  (b) `pipeline run` of the same config with that registry (the full re-run apply replaces)
+(a) and (b) must hold the same records (identity, content hash, removal reason), and
+`pipeline verify` must pass on (a).
 `optout check`: the CLI's wall time and the DuckDB query alone, for an account and for a repository,
 on v1 and on a copy of its data/ made larger than 1 GB of content with hard links.
 
@@ -28,6 +28,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import duckdb
@@ -41,7 +42,7 @@ from pipeline.optout.parser import ParseError, check_owner, parse_target
 from pipeline.verify import sql_paths
 
 REPO = Path(__file__).resolve().parent.parent
-OPTED_OUT_REPOS = 100
+BATCHES = (10, 100)  # repositories opted out: the first 10 of the seeded sample, then all 100
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -61,13 +62,12 @@ def config_stages(which: str) -> list[dict]:
     return [s for s in yaml.safe_load(text)["stages"] if "opt_out" not in s]
 
 
-def write_config(work: Path, corpus: Path, which: str) -> Path:
-    """The chosen stages over the corpus, opt_out first with the bench's registry."""
-    stages = config_stages(which)
+def write_config(work: Path, corpus: Path, which: str, registry: Path, name: str) -> Path:
+    """The chosen stages over the corpus, opt_out first with `registry`."""
     config = {"name": "bench-optout", "input": {"paths": [str(corpus / "data")]}, "output": str(work / "v1"),
               "executor": {"kind": "local", "workers": 2},
-              "stages": [{"opt_out": {"registry": str(work / "optout.duckdb")}}, *stages]}
-    path = work / "config.yaml"
+              "stages": [{"opt_out": {"registry": str(registry)}}, *config_stages(which)]}
+    path = work / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
@@ -94,21 +94,24 @@ def valid_owner(repo: str) -> bool:
         return False
 
 
-def opt_out_repos(work: Path, release: Path) -> list[str]:
-    """Requests from the owners of 100 repositories of the release; returns those repositories."""
+def sample_repos(release: Path) -> list[str]:
+    """A seeded sample of 100 repositories of the release whose owner is a valid GitHub name."""
     files = [str(p) for p in sorted((release / "data").glob("*.parquet"))]
     repos = [r for (r,) in duckdb.sql(f"SELECT DISTINCT repo_name FROM read_parquet({sql_paths(files)}) "
                                       "ORDER BY 1").fetchall() if valid_owner(r)]
-    chosen = sorted(random.Random(7).sample(repos, OPTED_OUT_REPOS))
+    return random.Random(7).sample(repos, max(BATCHES))
+
+
+def add_requests(work: Path, registry: Path, repos: list[str]) -> None:
+    """One request per owner (the 2023 template), listing its repositories."""
     by_owner: dict[str, list[str]] = {}
-    for repo in chosen:
+    for repo in sorted(repos):
         by_owner.setdefault(repo.split("/", 1)[0], []).append(repo)
     for owner, owned in by_owner.items():
         request = work / f"request-{owner}.txt"
         request.write_text("I request that the following data is removed from The Stack:\n\n"
                            + "".join(f" - {repo}\n" for repo in owned))
-        cli("optout", "add", str(request), "--requester", owner, "--registry", str(work / "optout.duckdb"))
-    return chosen
+        cli("optout", "add", str(request), "--requester", owner, "--registry", str(registry))
 
 
 def same_records(a: Path, b: Path) -> list[str]:
@@ -166,50 +169,54 @@ def main() -> None:
                         help="the shipped config's stages, all of the SPEC's (its commented-out lines too), "
                              "or exact_dedup alone")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=150)
     corpus, work = Path(args.corpus), Path(args.work)
     make_corpus(corpus, args.roots or package_roots())
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    config = write_config(work, corpus, args.stages)
+    registries = {n: work / f"optout-{n}.duckdb" for n in BATCHES}
+    configs = {n: write_config(work, corpus, args.stages, registries[n], f"config-{n}.yaml") for n in BATCHES}
     start = time.perf_counter()
-    cli("run", str(config), "--quiet")
+    cli("run", str(configs[max(BATCHES)]), "--quiet")  # v1: the registry is still empty
     first_run = time.perf_counter() - start
     v1 = work / "v1"
     stats = json.loads((v1 / "stats.json").read_text())
     mb = stats["totals"]["bytes_in"] / 1e6
-    chosen = opt_out_repos(work, v1)
-    console.print(f"stages: opt_out, {', '.join(next(iter(s)) for s in config_stages(args.stages))}")
+    sample = sample_repos(v1)
+    for n in BATCHES:
+        add_requests(work, registries[n], sample[:n])
     repos = duckdb.sql(f"SELECT count(DISTINCT repo_name) FROM read_parquet('{v1}/data/*.parquet')").fetchall()[0][0]
+    console.print(f"stages: opt_out, {', '.join(next(iter(s)) for s in config_stages(args.stages))}")
     console.print(f"release v1: {stats['totals']['records_out']:,} records in {repos:,} repositories, {mb:,.0f} MB "
-                  f"of input content, first run {first_run:.0f} s; opting out {len(chosen)} repositories")
+                  f"of input content, first run {first_run:.0f} s")
 
-    timings: dict[str, list[float]] = {"optout apply": [], "full re-run": []}
+    timings: dict[str, list[float]] = defaultdict(list)
     for _ in range(args.reps):  # interleaved
-        timings["optout apply"].append(timed(lambda: cli("optout", "apply", "--dataset", str(v1), "--output",
-                                                         str(work / "v2"), "--overwrite")))
-        timings["full re-run"].append(timed(lambda: cli("run", str(config), "--quiet", "--overwrite", "--output",
-                                                        str(work / "rerun"))))
+        for n in BATCHES:
+            timings[f"apply {n}"].append(timed(lambda n=n: cli(
+                "optout", "apply", "--dataset", str(v1), "--output", str(work / f"v2-{n}"), "--registry",
+                str(registries[n]), "--overwrite")))
+            timings[f"re-run {n}"].append(timed(lambda n=n: cli(
+                "run", str(configs[n]), "--quiet", "--overwrite", "--output", str(work / f"rerun-{n}"))))
     med = medians(timings)
-    release = json.loads((work / "v2" / "manifest.json").read_text())["release"]
-    differ = same_records(work / "v2", work / "rerun")
-    verified = cli("verify", str(work / "v2"), check=False).returncode == 0
-
-    table = Table(title=f"optout apply vs full re-run: {mb:,.0f} MB, {len(chosen)} repositories opted out "
-                        f"(median of {args.reps}, interleaved)")
-    for col in ("what", "seconds", "MB/s", "vs full re-run"):
-        table.add_column(col, justify="left" if col == "what" else "right")
-    for name, seconds in med.items():
-        table.add_row(name, f"{seconds:.1f}", f"{mb / seconds:,.0f}", f"{med['full re-run'] / seconds:.1f}x")
+    table = Table(title=f"optout apply vs full re-run on {mb:,.0f} MB (median of {args.reps}, interleaved)")
+    for col in ("repos opted out", "records opted out", "shards rewritten / new / linked", "apply s",
+                "full re-run s", "speed-up", "same records", "verify"):
+        table.add_column(col, justify="right")
+    for n in BATCHES:
+        release = json.loads((work / f"v2-{n}" / "manifest.json").read_text())["release"]
+        differ = same_records(work / f"v2-{n}", work / f"rerun-{n}")
+        verified = cli("verify", str(work / f"v2-{n}"), check=False).returncode == 0
+        table.add_row(f"{n}", f"{release['records_opted_out']:,} "
+                              f"({release['records_opted_out'] / stats['totals']['records_in']:.1%})",
+                      f"{release['shards_rewritten']} / {release['shards_new']} / {release['shards_linked']}",
+                      f"{med[f'apply {n}']:.1f}", f"{med[f're-run {n}']:.1f}",
+                      f"{med[f're-run {n}'] / med[f'apply {n}']:.1f}x", "yes" if not differ else "NO",
+                      "OK" if verified else "FAILED")
+        for line in differ:
+            console.print(f"{n} repos, differs from the re-run: {line}")
     console.print(table)
-    share = release["records_opted_out"] / stats["totals"]["records_in"]
-    console.print(f"apply: {release['records_opted_out']:,} records opted out ({share:.1%} of the input), "
-                  f"promoted {release['records_promoted']}, "
-                  f"shards {release['shards_rewritten']} rewritten / {release['shards_new']} new / "
-                  f"{release['shards_linked']} linked; same records as the re-run: "
-                  f"{'yes' if not differ else 'NO ' + '; '.join(differ)}; verify: {'OK' if verified else 'FAILED'}")
 
-    owner = chosen[0].split("/", 1)[0]
     table = Table(title="optout check latency (median of 5; command = whole CLI process)")
     for col in ("dataset", "MB of content", "target", "command s", "query s"):
         table.add_column(col, justify="left" if col in ("dataset", "target") else "right")
@@ -217,7 +224,7 @@ def main() -> None:
     copies = math.ceil(1e9 / size)
     for name, dataset, mb_data in (("v1", v1, size / 1e6),
                                    (f"v1 data x{copies}", enlarged(v1, work, copies), copies * size / 1e6)):
-        for target in (owner, chosen[-1]):
+        for target in (sample[0].split("/", 1)[0], sample[-1]):
             command, query = check_latency(dataset, target)
             table.add_row(name, f"{mb_data:,.0f}", target, f"{command:.2f}", f"{query:.3f}")
     console.print(table)

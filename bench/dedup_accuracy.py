@@ -29,6 +29,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_dedup import run_datatrove  # noqa: E402
 
+from stages.lsh import sorted_unique  # noqa: E402
 from stages.minhash import exact_jaccard, pair_jaccard  # noqa: E402
 from stages.shingles import batch_shingles  # noqa: E402
 
@@ -213,10 +214,11 @@ def repo_documents(corpus: Path, forks: int, seed: int, threshold: float = 0.85)
         union_parts, concat_texts = [], []
         for files in files_by_repo.values():
             values, offsets, _ = batch_shingles(pa.array([t for _, t in files], pa.large_string()))
-            union_parts.append(np.unique(values))
+            union_parts.append(sorted_unique(values))
             concat_texts.append("\n".join(t for _, t in sorted(files)))
         concat_values, concat_offsets, _ = batch_shingles(pa.array(concat_texts, pa.large_string()))
-        concat = [np.unique(concat_values[concat_offsets[i]:concat_offsets[i + 1]]) for i in range(len(concat_texts))]
+        concat = [sorted_unique(concat_values[concat_offsets[i]:concat_offsets[i + 1]])
+                  for i in range(len(concat_texts))]
         return {"union": union_parts, "concatenation": concat}
 
     real, fork_docs = documents({r: repos[r] for r in names}), documents(planted)

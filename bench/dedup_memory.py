@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from stages.lsh import connected_components, unique_pairs  # noqa: E402
+from stages.lsh import connected_components, sorted_unique, unique_pairs  # noqa: E402
 from stages.near_dedup import (  # noqa: E402
     RANK_BITS,
     CandidatePairs,
@@ -91,7 +91,7 @@ def merge_task(work: Path) -> None:
     node = np.concatenate([f[0] for f in forests])
     root = np.concatenate([f[1] for f in forests])
     _, component = connected_components(node, root)
-    print(distinct, len(np.unique(component)))
+    print(distinct, len(sorted_unique(component)))
 
 
 def measure(*args: str) -> tuple[float, float, str]:

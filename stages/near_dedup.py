@@ -45,6 +45,7 @@ from stages.lsh import (
     key_partition,
     key_range,
     signature_hashes,
+    sorted_unique,
     spread,
     unique_pairs,
 )
@@ -139,7 +140,7 @@ class Units:
 
     def read(self, partition: int, uids: np.ndarray, columns: list[str]) -> pa.Table:
         """The rows of the given units from one partition, reading one file at a time."""
-        wanted = pa.array(np.unique(uids))
+        wanted = pa.array(sorted_unique(uids))
         parts = [t.filter(pc.is_in(t["uid"], value_set=wanted))
                  for t in (read_table_checked(f, columns=columns) for f in self.unit_files(partition))]
         return pa.concat_tables(parts)
@@ -171,7 +172,8 @@ def keep_columns(schema: pa.Schema) -> list[str]:
 
 # -- phase 1: signatures ----------------------------------------------------------------------------
 class NearDedupSignature(SignatureStep):
-    """Shingles and signatures of a batch in two numba calls; band rows are written when the task ends."""
+    """A batch's shingles and signatures straight from its texts' UTF-8 buffers (numba kernels, no Python
+    object per token); stored per file with the shingle set. Band rows are written when the task ends."""
 
     def __init__(self, name, options: NearDedupOptions, workdir, schema, partitions):
         super().__init__(name, options, workdir, schema, partitions)
@@ -256,7 +258,7 @@ class RepoUnits(PipelineStep):
         for s, e in zip(starts, ends, strict=True):
             parts = [flat[offsets[i]:offsets[i + 1]] for i in range(s, e)]
             stored = all(len(p) for p in parts)  # an empty stored set means "too large to store"
-            union = np.unique(np.concatenate(parts)) if stored else flat[:0]
+            union = sorted_unique(np.concatenate(parts)) if stored else flat[:0]
             unions.append(union if len(union) <= opts.exact_max_shingles else flat[:0])
         lengths = np.array([len(u) for u in unions], np.int64)
         out = {
@@ -369,7 +371,7 @@ class AttachUnits(NearDedupPhase):
             sent = target == q
             table = pa.table({"a": a[sent], "b": b[sent], "same": same[sent]}, schema=PAIR_SCHEMA)
             write_table_atomic(table, self.path("attach", "pairs", partition, q))
-            wanted = pa.array(np.unique(a[sent]))
+            wanted = pa.array(sorted_unique(a[sent]))
             write_table_atomic(nodes.filter(pc.is_in(nodes["uid"], value_set=wanted)),
                                self.path("attach", "nodes", partition, q))
 
@@ -431,7 +433,7 @@ class ClusterDuplicates(NearDedupPhase):
             dups, removed = self.file_duplicates(nodes, component)
         else:
             dups, removed = self.repo_duplicates(nodes, component)
-        self.details(clusters=len(np.unique(component)), tokens_removed=removed)
+        self.details(clusters=len(sorted_unique(component)), tokens_removed=removed)
         write_table_atomic(dups, dups_path(self.workdir, 0))
 
     def file_duplicates(self, nodes: pa.Table, component: np.ndarray) -> tuple[pa.Table, int]:

@@ -35,8 +35,10 @@ def _counts_table(title: str, rows: dict) -> Table:
 
 
 def _train_tokenizer(args) -> int:
+    from pipeline.shards.corpus import corpus_files
     from pipeline.shards.tokenizer import train_tokenizer
 
+    corpus_files(args.corpus)  # a missing or wrong input is reported before anything is written
     out = Path(args.output)
     prepare_output(out, "train-tokenizer", args.overwrite)
     info = train_tokenizer(args.corpus, out, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
@@ -47,6 +49,7 @@ def _train_tokenizer(args) -> int:
 
 
 def _mine_tasks(args) -> int:
+    from pipeline.shards.corpus import corpus_files
     from pipeline.shards.mine import TASKS, MineOptions, Miner
 
     try:
@@ -54,6 +57,7 @@ def _mine_tasks(args) -> int:
                               **({"languages": args.languages} if args.languages else {}))
     except ValidationError as e:
         raise UserError(f"--languages: {e.errors()[0]['msg']}") from None
+    corpus_files(args.corpus)
     out = Path(args.output)
     prepare_output(out, "mine-tasks", args.overwrite)
     stats = Miner(options).run(args.corpus, out)
@@ -84,6 +88,7 @@ def _sft_mix(args) -> int:
 
 
 def _pretrain_shards(args) -> int:
+    from pipeline.shards.corpus import corpus_files
     from pipeline.shards.pretrain import PretrainConfig, build_shards
     from pipeline.shards.settings import load_settings
     from pipeline.shards.tokenizer import load_tokenizer
@@ -96,6 +101,7 @@ def _pretrain_shards(args) -> int:
     if args.input:
         config.input = args.input
     tokenizer = load_tokenizer(config.tokenizer)
+    corpus_files(config.input)
     out = Path(config.output)
     prepare_output(out, "pretrain-shards", args.overwrite)
     meta = build_shards(config, tokenizer)
