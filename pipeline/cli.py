@@ -3,6 +3,7 @@
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 from rich.console import Console
@@ -102,10 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: worker pools are terminated on the way out, not orphaned."""
+
+
+def _terminate(signum: int, frame) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     def err(message: str) -> None:  # plain print: one line, never wrapped
         print(message, file=sys.stderr)
 
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
@@ -115,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunFailure as e:
         err(f"failed: {e}")
         return 1
+    except Terminated:
+        err("terminated: resume with --resume")
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         err("interrupted: resume with --resume")
         return 130

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 from conftest import run_cli, snapshot, stdlib_rows, write_config, write_parquet
 
 STAGES = [{"exact_dedup": {}}, {"exact_dedup": {"normalize_whitespace": True}}]
@@ -17,14 +18,18 @@ def _start(cfg: Path, out: Path, *extra: str) -> subprocess.Popen:
                              *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _kill_when(proc: subprocess.Popen, done_dir: Path, at_least: int, timeout: float = 120) -> None:
-    """kill -9 the run (its main process only, as a user would) once `done_dir` holds enough markers."""
+def _kill_when(proc: subprocess.Popen, done_dir: Path, at_least: int, sig: int = signal.SIGKILL,
+               timeout: float = 120) -> None:
+    """Signal the run (its main process only, as a user would) once `done_dir` holds enough markers;
+    none of its worker processes may outlive it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if done_dir.is_dir() and len(list(done_dir.iterdir())) >= at_least:
-            os.kill(proc.pid, signal.SIGKILL)
+            children = psutil.Process(proc.pid).children(recursive=True)
+            os.kill(proc.pid, sig)
             proc.wait()
-            time.sleep(0.5)  # workers die with the run; give the kernel a moment
+            _, alive = psutil.wait_procs(children, timeout=10)  # workers die with the run
+            assert not alive, [p.cmdline() for p in alive]
             return
         assert proc.poll() is None, "the run finished before it could be killed"
         time.sleep(0.005)
@@ -50,9 +55,11 @@ def test_kill_and_resume_gives_the_same_output(tmp_path):
     proc = _start(cfg, out)
     _kill_when(proc, out / "logs" / "seg0" / "completions", at_least=3)
     assert not (out / "stats.json").exists()
-    # 2nd kill: in the middle of the second segment, after the first cluster phase
+    # 2nd: SIGTERM in the middle of the second segment, after the first cluster phase
     proc = _start(cfg, out, "--resume")
-    _kill_when(proc, out / "logs" / "seg1" / "completions", at_least=2)
+    _kill_when(proc, out / "logs" / "seg1" / "completions", at_least=2, sig=signal.SIGTERM)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert proc.stderr.read().decode().strip() == "terminated: resume with --resume"
     # 3rd kill: in the last segment
     proc = _start(cfg, out, "--resume")
     _kill_when(proc, out / "logs" / "seg2" / "completions", at_least=1)

@@ -58,10 +58,13 @@ class DaskPipelineExecutor(QuietRanks, PipelineExecutor):
         return state
 
     def _attempt(self, rank: int) -> PipelineStats:
-        """One try of a rank; each try leaves a marker so retries can be counted and reported."""
+        """One try of a rank; each try leaves a marker `rank.time.worker` so retries can be counted and
+        reported (and a test can tell which worker is busy with what)."""
+        from distributed import get_worker
+
         attempts = Path(self.logging_dir.path) / "attempts"
         attempts.mkdir(parents=True, exist_ok=True)
-        (attempts / f"{rank:05d}.{time.time_ns()}").touch()
+        (attempts / f"{rank:05d}.{time.time_ns()}.{get_worker().name}").touch()
         return self._run_for_rank(rank)
 
     def run(self) -> PipelineStats:
