@@ -3,10 +3,9 @@
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pipeline.config import Strict, _is_url, _one_line
+from pipeline.config import Strict, _is_url, _one_line, read_yaml_mapping
 from pipeline.errors import UserError
 
 
@@ -83,12 +82,41 @@ class TrainOptions(Strict):
         return self
 
 
+class XftOptions(Strict):
+    """XFT (upcycle to a shared-expert MoE, fine-tune, learnable merge back to dense); defaults are the paper's."""
+
+    num_experts: int = Field(default=8, ge=2)  # copies of each MLP; expert 0 is the shared one
+    top_k: int = Field(default=5, gt=0)  # routed experts used per token (of num_experts - 1)
+    router_noise: bool = True  # learned routing noise (training only), its projection initialised at zero
+    aux_loss_coef: float = Field(default=0.01, ge=0)  # x (cv^2(importance) + cv^2(load)), summed over layers
+    merge_lambda: float = Field(default=0.75, ge=0, le=1)  # weight of the shared expert in the merged MLP
+    merge_lr: float = Field(default=1e-5, gt=0)
+    merge_epochs: int | None = Field(default=1, gt=0)
+    merge_steps: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        if self.top_k > self.num_experts - 1:
+            raise ValueError(f"top_k: at most num_experts - 1 = {self.num_experts - 1} routed experts")
+        if self.merge_epochs is None and self.merge_steps is None:
+            raise ValueError("set merge_epochs or merge_steps")
+        return self
+
+
 class TrainConfig(Strict):
     name: str
     output: str
+    method: Literal["standard", "xft"] = "standard"
     data: DataConfig
     model: ModelConfig = ModelConfig()
     train: TrainOptions
+    xft: XftOptions = XftOptions()
+
+    @model_validator(mode="after")
+    def _xft_is_full_fine_tuning(self):
+        if self.method == "xft" and self.model.lora:
+            raise ValueError("method xft trains all weights: remove model.lora")
+        return self
 
 
 # Options that may change when a run is resumed; everything else must match the checkpointed config.
@@ -99,16 +127,7 @@ def load_train_config(path: str | Path) -> TrainConfig:
     """Load CONFIG.yaml; relative paths (shards, tokenizer, output) resolve against its directory."""
     path = Path(path)
     source = str(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise UserError(f"{source}: cannot read config ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{source}:{where}: malformed YAML ({getattr(e, 'problem', None) or e})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{source}: a training config is a mapping with keys name, output, data, model, train")
+    raw = read_yaml_mapping(path, "name, output, data, model, train")
     try:
         config = TrainConfig(**raw)
     except ValidationError as e:
