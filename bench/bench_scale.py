@@ -8,6 +8,7 @@ largest worker process (sampled over the process tree).
 """
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--corpus", default="/tmp/codecurate-corpus")
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
+    os.environ.setdefault("CODECURATE_BENCHMARK_DIR", str(REPO.parent / "shared" / "benchmarks"))  # mbpp
     shards = make_corpus(Path(args.corpus))
     mb = content_bytes(shards) / 1e6
     base = yaml.safe_load((REPO / "configs" / "stack-v2.yaml").read_text())
