@@ -10,7 +10,6 @@ with datatrove's own `NGramsDecontIndexer.compute_hashes` (query = prompt/statem
 datatrove needs lighteval to fetch tasks itself, which we do not install).
 """
 
-import argparse
 import os
 import statistics
 import sys
@@ -25,7 +24,7 @@ from datatrove.data import Document
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import make_corpus  # noqa: E402
+from common import corpus_arguments, make_corpus  # noqa: E402
 
 from pipeline.benchmarks import load_items, locate, spec_of  # noqa: E402
 from stages.decontaminate import Decontaminate, DecontaminateOptions, match_settings  # noqa: E402
@@ -88,12 +87,7 @@ def benchmark_pairs() -> dict[str, list[tuple[str, str]]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--corpus", default="/tmp/codecurate-corpus")
-    parser.add_argument("--mb", type=float, default=250, help="MB of content to run our stage on (>= 200)")
-    parser.add_argument("--anchor-mb", type=float, default=8, help="MB of the sample shared with the anchor")
-    parser.add_argument("--reps", type=int, default=3)
-    args = parser.parse_args()
+    args = corpus_arguments(mb=250, anchor_mb=8).parse_args()
     os.environ.setdefault("CODECURATE_BENCHMARK_DIR", str(Path(__file__).resolve().parents[2] / "shared/benchmarks"))
 
     texts = load_texts(make_corpus(Path(args.corpus)), args.mb)

@@ -7,7 +7,6 @@ Median of 3 interleaved repetitions; MB/s of `content`. Goal: (b) >= 0.5x (a).
     .venv/bin/python bench/bench_io.py [--corpus /tmp/codecurate-corpus] [--reps 3]
 """
 
-import argparse
 import shutil
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
-from common import content_bytes, make_corpus, medians, timed
+from common import content_bytes, corpus_arguments, make_corpus, medians, timed
 from rich.console import Console
 from rich.table import Table
 
@@ -43,10 +42,7 @@ def pipeline_run(data_dir: Path, work: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--corpus", default="/tmp/codecurate-corpus")
-    parser.add_argument("--reps", type=int, default=3)
-    args = parser.parse_args()
+    args = corpus_arguments().parse_args()
     shards = make_corpus(Path(args.corpus))
     mb = content_bytes(shards) / 1e6
     timings: dict[str, list[float]] = {"pyarrow read+write": [], "pipeline run (exact_dedup, 2 workers)": []}

@@ -14,7 +14,6 @@ medians are reported. Anchors, on a shared sample of the records that reach qual
   - Python syntax: `ast.parse`, the usual parse check.
 """
 
-import argparse
 import ast
 import statistics
 import sys
@@ -30,7 +29,7 @@ from datatrove.data import Document
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import make_corpus  # noqa: E402
+from common import corpus_arguments, make_corpus  # noqa: E402
 
 from pipeline.records import utf8_len  # noqa: E402
 from stages.language import LanguageOptions, LanguageSelection  # noqa: E402
@@ -144,12 +143,7 @@ def rule_costs(stage: QualityFilters, docs: list[Document]) -> tuple[Counter, Co
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--corpus", default="/tmp/codecurate-corpus-licensed")
-    parser.add_argument("--mb", type=float, default=250, help="MB of content to sample (>= 200)")
-    parser.add_argument("--anchor-mb", type=float, default=20, help="MB of the sample shared with the anchors")
-    parser.add_argument("--reps", type=int, default=2)
-    args = parser.parse_args()
+    args = corpus_arguments("/tmp/codecurate-corpus-licensed", reps=2, mb=250, anchor_mb=20).parse_args()
 
     rows = load_sample(make_corpus(Path(args.corpus)), args.mb)
     docs = documents(rows)

@@ -7,7 +7,6 @@ largest worker process (sampled over the process tree).
     .venv/bin/python bench/bench_scale.py [--corpus /tmp/codecurate-corpus] [--reps 3]
 """
 
-import argparse
 import os
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import psutil
 import yaml
-from common import content_bytes, make_corpus, medians
+from common import content_bytes, corpus_arguments, make_corpus, medians
 from rich.console import Console
 from rich.table import Table
 
@@ -55,10 +54,7 @@ def run_sampled(cmd: list[str]) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--corpus", default="/tmp/codecurate-corpus")
-    parser.add_argument("--reps", type=int, default=3)
-    args = parser.parse_args()
+    args = corpus_arguments().parse_args()
     os.environ.setdefault("CODECURATE_BENCHMARK_DIR", str(REPO.parent / "shared" / "benchmarks"))  # mbpp
     shards = make_corpus(Path(args.corpus))
     mb = content_bytes(shards) / 1e6

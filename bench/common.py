@@ -1,5 +1,6 @@
-"""Shared by the benchmarks: a real-code corpus made with `pipeline ingest`, timing helpers."""
+"""Shared by the benchmarks: a real-code corpus made with `pipeline ingest`, arguments, timing helpers."""
 
+import argparse
 import statistics
 import subprocess
 import sys
@@ -37,3 +38,16 @@ def timed(fn) -> float:
 
 def medians(timings: dict[str, list[float]]) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in timings.items()}
+
+
+def corpus_arguments(corpus: str = "/tmp/codecurate-corpus", reps: int = 3, mb: float | None = None,
+                     anchor_mb: float | None = None) -> argparse.ArgumentParser:
+    """The options every corpus benchmark takes: --corpus, --reps and, when given defaults, --mb/--anchor-mb."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--corpus", default=corpus, help="made with `pipeline ingest` when missing")
+    parser.add_argument("--reps", type=int, default=reps, help="interleaved repetitions; medians are reported")
+    if mb is not None:
+        parser.add_argument("--mb", type=float, default=mb, help="MB of content to run on")
+    if anchor_mb is not None:
+        parser.add_argument("--anchor-mb", type=float, default=anchor_mb, help="MB shared with the anchor")
+    return parser
