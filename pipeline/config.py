@@ -1,12 +1,14 @@
 """The run config: YAML loaded safely, validated strictly, every error one line naming file and key."""
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import UserError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Strict(BaseModel):
@@ -134,15 +136,20 @@ def read_yaml_mapping(path: Path, keys: str) -> dict:
     return raw
 
 
+def validated_yaml(path: Path, model: type[M], keys: str) -> M:
+    """A YAML file validated as `model`; faults are one line naming the file and the key."""
+    raw = read_yaml_mapping(path, keys)
+    try:
+        return model(**raw)
+    except ValidationError as e:
+        raise _one_line(str(path), e) from None
+
+
 def load_config(path: str | Path) -> tuple[RunConfig, list[StageSpec]]:
     """Load and validate CONFIG.yaml; relative paths inside resolve against its directory."""
     path = Path(path)
     source = str(path)
-    raw = read_yaml_mapping(path, "name, input, output, executor, stages")
-    try:
-        config = RunConfig(**raw)
-    except ValidationError as e:
-        raise _one_line(source, e) from None
+    config = validated_yaml(path, RunConfig, "name, input, output, executor, stages")
     base = path.resolve().parent
     config.input.paths = [resolve_input(p, base) for p in config.input.paths]
     if not _is_url(config.output.path):

@@ -4,9 +4,9 @@ paths resolved against the file's directory as in run configs."""
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from pipeline.config import _one_line, read_yaml_mapping, resolve_input
+from pipeline.config import resolve_input, validated_yaml
 
 Model = TypeVar("Model", bound=BaseModel)
 PATH = {"resolve": "path"}  # json_schema_extra of a field holding a path (or a list of them)
@@ -35,10 +35,6 @@ def _resolve(value: str | list[str], base: Path, kind: str):
 
 def load_settings(path: str | Path, model: type[Model], keys: str) -> Model:
     path = Path(path)
-    raw = read_yaml_mapping(path, keys)
-    try:
-        settings = model(**raw)
-    except ValidationError as e:
-        raise _one_line(str(path), e) from None
+    settings = validated_yaml(path, model, keys)
     resolve_paths(settings, path.resolve().parent)
     return settings

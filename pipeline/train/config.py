@@ -3,9 +3,9 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from pipeline.config import Strict, _is_url, _one_line, read_yaml_mapping
+from pipeline.config import Strict, _is_url, validated_yaml
 from pipeline.errors import UserError
 
 
@@ -116,6 +116,8 @@ class TrainConfig(Strict):
     def _xft_is_full_fine_tuning(self):
         if self.method == "xft" and self.model.lora:
             raise ValueError("method xft trains all weights: remove model.lora")
+        if self.method == "xft" and self.model.gradient_checkpointing:
+            raise ValueError("method xft: gradient_checkpointing would drop the gradient of the MoE's balancing loss")
         return self
 
 
@@ -127,11 +129,7 @@ def load_train_config(path: str | Path) -> TrainConfig:
     """Load CONFIG.yaml; relative paths (shards, tokenizer, output) resolve against its directory."""
     path = Path(path)
     source = str(path)
-    raw = read_yaml_mapping(path, "name, output, data, model, train")
-    try:
-        config = TrainConfig(**raw)
-    except ValidationError as e:
-        raise _one_line(source, e) from None
+    config = validated_yaml(path, TrainConfig, "name, output, data, model, train")
     base = path.resolve().parent
     config.output = _resolve(config.output, base)
     config.data.paths = [_resolve(p, base) for p in config.data.paths]
