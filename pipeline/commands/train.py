@@ -55,12 +55,14 @@ def _train(args) -> int:
         config.train.max_steps = args.max_steps
     nproc = args.nproc or config.train.nproc
     deepspeed = load_deepspeed_config(args.deepspeed) if args.deepspeed else None
+    if config.method == "xft":
+        from pipeline.train.xft import check_deepspeed
+
+        check_deepspeed(deepspeed)  # before any process starts
     if "WORLD_SIZE" in os.environ:
         return _worker(config, deepspeed, args)
     if nproc == 1 and deepspeed is None:
-        from pipeline.train.trainer import Trainer
-
-        _print_summary(Trainer(config, None, resume=args.resume, overwrite=args.overwrite).run())
+        _print_summary(_runner(config, None, resume=args.resume, overwrite=args.overwrite).run())
         return 0
     return _launch(config, deepspeed, args, nproc)
 
@@ -104,14 +106,13 @@ def _launch(config, deepspeed: dict | None, args, nproc: int) -> int:
 def _worker(config, deepspeed: dict | None, args) -> int:
     """One training process under a launcher: run, and leave a failure where the launcher finds it."""
     from pipeline.executors.local import die_with_parent
-    from pipeline.train.trainer import Trainer
 
     die_with_parent()  # torchrun starts workers in sessions of their own: a kill -9 of the run must reach them
     # DeepSpeed calls torch's deprecated collectives at every step: one warning each would flood logs/
     warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.distributed\.")
     rank = os.environ.get("RANK", "0")
     try:
-        summary = Trainer(config, deepspeed, resume=args.resume, prepare=not os.environ.get(PREPARED),
+        summary = _runner(config, deepspeed, resume=args.resume, prepare=not os.environ.get(PREPARED),
                           overwrite=args.overwrite).run()
     except Exception as e:
         logs = Path(config.output) / "logs"
@@ -129,14 +130,30 @@ def _worker(config, deepspeed: dict | None, args) -> int:
     return 0
 
 
+def _runner(config, deepspeed: dict | None, **kwargs):
+    """The run for the config's method: one trainer run, or XFT's three phases."""
+    if config.method == "xft":
+        from pipeline.train.xft import XftRun
+
+        return XftRun(config, deepspeed, **kwargs)
+    from pipeline.train.trainer import Trainer
+
+    return Trainer(config, deepspeed, **kwargs)
+
+
 def _print_summary(summary: dict) -> None:
+    if "phases" in summary:  # XFT: the MoE fine-tuning, then the merge
+        for phase in ("moe", "merge"):
+            _print_summary({**summary["phases"][phase], "title": f"xft {phase}: "})
+        return
     from rich.console import Console
     from rich.table import Table
 
     def fmt(value) -> str:
         return "-" if value is None else f"{value:.4f}"
 
-    table = Table(title=f"trained {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['seconds']:.1f}s "
+    table = Table(title=f"{summary.get('title', '')}trained {summary['steps']} steps, {summary['tokens']:,} tokens in "
+                        f"{summary['seconds']:.1f}s "
                         f"({summary['tokens_per_second']:,.0f} tokens/s); loss {fmt(summary['loss_first'])} -> "
                         f"{fmt(summary['loss_last10'])} (mean of the last 10 steps)")
     for column in ("task", "train records", "valid records", "targets seen", "train loss (last 10)", "valid loss"):

@@ -208,13 +208,8 @@ class Trainer:
         if self.deepspeed is not None:
             ds_config = fill_deepspeed_config(self.deepspeed, self.opts, self.world, self.config.model.dtype,
                                               hidden_size(self.config.model))
-            if ds_config.get("zero_optimization", {}).get("stage") == 3 and self.config.model.name != "tiny-llama":
-                from transformers.integrations import HfDeepSpeedConfig
-
-                # alive for the run: from_pretrained then builds each layer already partitioned (zero.Init)
-                self.zero3_loading = HfDeepSpeedConfig(ds_config)
         seed_everything(self.opts.seed)
-        model = build_model(self.config.model, self.data.ids, self.data.seq_len)
+        model = self.make_model(ds_config)
         if self.config.model.lora:
             base = self.config.model.name
             if base == "tiny-llama":  # a random init: keep it, it is half of the trained model
@@ -246,6 +241,21 @@ class Trainer:
 
             self._truncate_metrics()
             self.writer = SummaryWriter(str(self.paths.tensorboard), purge_step=self.step + 1 if self.step else None)
+
+    def make_model(self, ds_config: dict | None) -> torch.nn.Module:
+        """The model to train (a hook: XFT trains an upcycled MoE, then a merge of it)."""
+        if ds_config and ds_config.get("zero_optimization", {}).get("stage") == 3 \
+                and self.config.model.name != "tiny-llama":
+            from transformers.integrations import HfDeepSpeedConfig
+
+            # alive for the run: from_pretrained then builds each layer already partitioned (zero.Init)
+            self.zero3_loading = HfDeepSpeedConfig(ds_config)
+        return build_model(self.config.model, self.data.ids, self.data.seq_len)
+
+    def objective(self, logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss to minimise and the per-task stats (a hook: XFT adds its load-balancing loss)."""
+        tensors = {n: t.to(self.device) for n, t in batch.items() if isinstance(t, torch.Tensor)}
+        return task_loss(logits, tensors, self.weights, self.opts.loss)
 
     def barrier(self) -> None:
         if dist.is_initialized():
@@ -319,9 +329,7 @@ class Trainer:
         k = len(self.data.tasks)
         objective, stats, tokens = 0.0, torch.zeros(2 * k, dtype=torch.float64), 0
         for i, batch in enumerate(micro):
-            loss, batch_stats = task_loss(self.forward(batch), {n: t.to(self.device) for n, t in batch.items()
-                                                                if isinstance(t, torch.Tensor)},
-                                          self.weights, self.opts.loss)
+            loss, batch_stats = self.objective(self.forward(batch), batch)
             self.engine.micro_step(loss, last=i == len(micro) - 1)
             objective += loss.item()
             stats += batch_stats.cpu().double()
