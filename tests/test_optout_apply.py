@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from operator import itemgetter
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,8 @@ def digests(folder: Path) -> dict[str, str]:
 
 def test_apply_equals_a_full_rerun(tmp_path, forks):
     stages = [{"opt_out": {"registry": "reg.duckdb"}}, {"exact_dedup": {}},
-              {"decontaminate": {"benchmarks": ["humaneval"]}}, {"exact_dedup": {"normalize_whitespace": True}}]
+              {"decontaminate": {"benchmarks": ["humaneval"]}}, {"exact_dedup": {"normalize_whitespace": True}},
+              {"pii": {}}]
     config = write_config(tmp_path / "c.yaml", stages, ["in"], executor={"workers": 1, "task_bytes": 2_000_000})
     add(tmp_path, "- cpython/email\n", "cpython")
     first = run(tmp_path, config, "v1")
@@ -104,6 +106,17 @@ def test_apply_equals_a_full_rerun(tmp_path, forks):
     summary = release["release"]
     assert summary["records_promoted"]["exact_dedup"] > 0 and summary["records_promoted"]["exact_dedup_2"] > 0
     assert summary["arrivals_unchecked"] == {} and summary["shards_linked"] > 0
+    # promoted records went through pii; opted-out records pii had redacted are stored as they entered
+    # opt_out (rebuilt from the input), as a re-run stores them
+    key = itemgetter("repo_name", "path")
+    old_data = {key(r): r["content"] for r in read_dir(first / "data").to_pylist()}
+    promoted = [r for r in read_dir(tmp_path / "v2" / "data").to_pylist() if key(r) not in old_data]
+    assert any(r["pii_redactions"] for r in promoted)
+    inputs = {key(r): r["content"] for r in read_dir(forks).to_pylist()}
+    opted_out = read_dir(tmp_path / "v2" / "removed" / "opt_out").to_pylist()
+    assert all(r["content"] == inputs[key(r)] for r in opted_out)
+    assert summary["records_rebuilt_from_input"] > 0 and summary["records_not_rebuilt"] == 0
+    assert any(old_data.get(key(r), r["content"]) != r["content"] for r in opted_out)
     changelog = (tmp_path / "v2" / "CHANGELOG.md").read_text()
     assert "version 1 -> 3" in changelog and "`opt_out:alice`: 60" in changelog
     assert "version **3**" in (tmp_path / "v2" / "data_card.md").read_text()
@@ -113,6 +126,17 @@ def test_apply_equals_a_full_rerun(tmp_path, forks):
               if (first / p.relative_to(tmp_path / "v2")).exists()
               and p.stat().st_ino == (first / p.relative_to(tmp_path / "v2")).stat().st_ino]
     assert len(linked) >= summary["shards_linked"]
+
+    # an input that is gone: the opt-outs are applied all the same, the rows pii rewrote are kept as
+    # v1 held them and the changelog says so
+    forks.rename(tmp_path / "gone")
+    assert run_cli("optout", "apply", "--dataset", "v1", "--output", "v3", cwd=tmp_path).returncode == 0
+    release = json.loads((tmp_path / "v3" / "manifest.json").read_text())["release"]
+    assert release["records_rebuilt_from_input"] == 0
+    assert release["records_not_rebuilt"] == summary["records_rebuilt_from_input"]
+    assert "the input no longer holds them" in (tmp_path / "v3" / "CHANGELOG.md").read_text()
+    assert rows_of(tmp_path / "v3" / "data") == rows_of(tmp_path / "v2" / "data")
+    assert run_cli("verify", "v3", cwd=tmp_path).returncode == 0
 
 
 def test_apply_to_a_run_without_opt_out(tmp_path, forks):

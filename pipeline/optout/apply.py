@@ -3,9 +3,10 @@
 The new release is what a full re-run with the current registry gives (`replay.py` decides which
 records leave and which come back), but only the shards holding affected records are rewritten,
 row group by row group; every other shard, `input_ids.parquet` and the logs are hard-linked (copied
-across file systems). Removed rows go to `removed/opt_out/` (as they entered it: the columns later
-stages added are dropped); stats.json, manifest.json, the data card and CHANGELOG.md are written
-anew. The release is built in a hidden sibling directory and renamed into place when whole.
+across file systems). Removed rows go to `removed/opt_out/` as they entered it (rebuilt from the
+input where a later stage rewrote them: `originals.py`); stats.json, manifest.json, the data card
+and CHANGELOG.md are written anew. The release is built in a hidden sibling directory and renamed
+into place when whole.
 """
 
 import json
@@ -15,6 +16,7 @@ import shutil
 import threading
 from bisect import bisect_right
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +31,7 @@ from pipeline.config import RunConfig, StageSpec
 from pipeline.errors import UserError
 from pipeline.executors.local import cpu_count
 from pipeline.io.files import write_json_atomic
+from pipeline.optout.originals import Originals
 from pipeline.optout.replay import CLUSTERS, Catalog, Move, Ref, Replay
 from pipeline.records import CONTENT, KEEP_FIELDS, REMOVAL_KEYS
 from pipeline.runner import REMOVAL_COLUMNS, config_fingerprint
@@ -167,8 +170,9 @@ def _read_catalog(shard: Shard | None, index: int = 0) -> pa.Table:
 class ReleaseWriter:
     """Writes the new release's shards into `tmp`: rewritten, hard-linked and new ones."""
 
-    def __init__(self, old: OldRelease, tmp: Path):
-        self.old, self.tmp = old, tmp
+    def __init__(self, old: OldRelease, tmp: Path, originals: dict[Ref, dict]):
+        self.old, self.tmp, self.originals = old, tmp, originals
+        self.rewritten: set[Ref] = set()  # rebuilt rows whose content the old release holds rewritten
         output = old.manifest["config"]["output"]
         self.compression_level = output.get("compression_level", 3)
         self.row_group_bytes = output.get("row_group_bytes", 32 * 2**20)
@@ -247,7 +251,7 @@ class ReleaseWriter:
         pf = pq.ParquetFile(shard.path)
         path = self.tmp / shard.rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer, offset, sizes = None, 0, {}
+        writer, offset, sizes, rewritten = None, 0, {}, set()
         moved: dict[int, pq.ParquetWriter] = {}  # destination stage -> its new shard
         for g in range(pf.num_row_groups):
             table = pf.read_row_group(g)
@@ -264,14 +268,19 @@ class ReleaseWriter:
             if gone:
                 for i, length in zip(gone, pc.binary_length(table.take(gone)[CONTENT]).to_pylist(), strict=True):
                     sizes[Ref(index, rows[i])] = length or 0
+                rebuilt = [i for i in gone if Ref(index, rows[i]) in self.originals]
+                if rebuilt:  # rows a later stage rewrote: their rebuilt original goes to removed/
+                    for i, text in zip(rebuilt, table.take(rebuilt)[CONTENT].to_pylist(), strict=True):
+                        if self.originals[Ref(index, rows[i])].get(CONTENT) != text:
+                            rewritten.add(Ref(index, rows[i]))
                 for folder in sorted({moves[rows[i]].folder for i in gone if moves[rows[i]] is not None}):
                     picked = [i for i in gone if moves[rows[i]] is not None and moves[rows[i]].folder == folder]
                     pos = self.pos_of[folder]
-                    part = self.removed_rows(table.take(picked), [moves[rows[i]] for i in picked], pos)
-                    if pos not in moved:
-                        moved[pos] = pq.ParquetWriter(self.new_shard(pos, shard.task), part.schema,
-                                                      compression="zstd", compression_level=self.compression_level)
-                    moved[pos].write_table(part, row_group_size=part.num_rows)
+                    for part in self.removed_parts(table, index, rows, picked, moves, pos):
+                        if pos not in moved:
+                            moved[pos] = pq.ParquetWriter(self.new_shard(pos, shard.task), part.schema,
+                                                          compression="zstd", compression_level=self.compression_level)
+                        moved[pos].write_table(part, row_group_size=part.num_rows)
                 table = table.filter(pc.invert(pc.is_in(pa.array(range(table.num_rows)), value_set=pa.array(gone))))
             if table.num_rows:
                 if writer is None:
@@ -281,7 +290,21 @@ class ReleaseWriter:
         for w in [writer, *moved.values()]:
             if w is not None:
                 w.close()
+        self.rewritten.update(rewritten)
         return sizes
+
+    def removed_parts(self, table: pa.Table, index: int, rows: range, picked: list[int],
+                      moves: dict[int, Move | None], pos: int) -> Iterator[pa.Table]:
+        """The picked rows of a row group for removed/<stage pos>/: the rebuilt originals of rows a
+        later stage rewrote, the rows as the old release holds them otherwise."""
+        rebuilt = [i for i in picked if Ref(index, rows[i]) in self.originals]
+        kept = [i for i in picked if Ref(index, rows[i]) not in self.originals]
+        if kept:
+            yield self.removed_rows(table.take(kept), [moves[rows[i]] for i in kept], pos)
+        if rebuilt:
+            originals = pa.Table.from_pylist([self.originals[Ref(index, rows[i])] for i in rebuilt],
+                                             schema=_drop(self.schemas[pos], REMOVAL_KEYS))
+            yield self.removed_rows(originals, [moves[rows[i]] for i in rebuilt], pos)
 
     def link_the_rest(self, touched: set[int]) -> None:
         """Hard-link the shards left as they were, the removed/ folders up to opt_out, the input ids
@@ -378,10 +401,13 @@ def apply_optouts(dataset: str | Path, output: str | Path, registry: str | None 
     tmp.mkdir(parents=True)
     try:
         replay = plan(old)
-        writer = ReleaseWriter(old, tmp)
-        replay.account(writer.write(replay))
+        leaving = list(replay.leaving.values())
+        originals = Originals(old.stages, old.path, old.manifest, leaving, lambda lv: tuple(lv.key.split("\0")),
+                              lambda ref: old.shards[ref.file].task)
+        writer = ReleaseWriter(old, tmp, originals.rows)
+        sizes = writer.write(replay)
+        replay.account(sizes, originals.sizes_entering(leaving, writer.rewritten))
         stats = _new_stats(old, replay, writer.schema(len(old.specs)))
-        leaving = replay.leaving.values()
         summary = {
             "derived_from": str(old.path), "applied_at": started.isoformat(),
             "optout_registry": old.specs[old.k]["options"]["registry"],
@@ -391,6 +417,7 @@ def apply_optouts(dataset: str | Path, output: str | Path, registry: str | None 
             "records_promoted": dict(replay.promoted),
             "records_demoted": sum(1 for lv in leaving if lv.removed_at != old.k),
             "duplicates_repointed": len(replay.updates), "arrivals_unchecked": dict(replay.unchecked),
+            "records_rebuilt_from_input": len(originals.rows), "records_not_rebuilt": originals.missing,
             "shards_rewritten": writer.counts["rewritten"], "shards_new": writer.counts["new"],
             "shards_linked": writer.counts["linked"],
         }
@@ -471,6 +498,9 @@ def _write_changelog(old: OldRelease, tmp: Path, summary: dict, leaving, stats: 
     for stage, count in sorted(summary["arrivals_unchecked"].items()):
         lines.append(f"- {stage}: {count:,} promoted records had no same-content record in the old input of this "
                      "dedup stage and were kept unchecked (a full re-run compares them)")
+    if summary["records_not_rebuilt"]:
+        lines.append(f"- {summary['records_not_rebuilt']:,} removed records are stored as the old release held them "
+                     "(after later stages rewrote them): the input no longer holds them as the run read them")
     lines.append(f"- shards: {summary['shards_rewritten']} rewritten, {summary['shards_new']} new, "
                  f"{summary['shards_linked']} unchanged (hard-linked)")
     previous = old.path / CHANGELOG

@@ -40,7 +40,7 @@ from pipeline.records import (
     reason_group,
     utf8_len,
 )
-from pipeline.step import GlobalStage
+from pipeline.step import CodeStage, GlobalStage
 
 DUP_PREFIX = "duplicate_of:"
 CLUSTERS = "clusters"  # the dedup detail counting clusters of more than one record (ClusterStep)
@@ -182,19 +182,21 @@ class Replay:
             elif arrivals:
                 self._row_stage(j, arrivals)
 
-    def account(self, sizes: dict[Ref, int]) -> None:
-        """Take the leaving records out of the stats of every stage they used to reach."""
+    def account(self, sizes: dict[Ref, int], entering: dict[Ref, dict[int, int]]) -> None:
+        """Take the leaving records out of the stats of every stage they used to reach. `sizes`: as
+        the old release holds them (entering `old_pos`); `entering[ref][j]`: as they entered stage j,
+        where a stage in between rewrote them (see `originals.py`)."""
         self.sizes = sizes
         for lv in self.leaving.values():
-            size = sizes[lv.ref]
+            stage_sizes, final = entering.get(lv.ref, {}), sizes[lv.ref]
             at = self.deltas[lv.removed_at]
-            at.counts.update(records_out=-1, records_removed=1, bytes_out=-size)
+            at.counts.update(records_out=-1, records_removed=1, bytes_out=-stage_sizes.get(lv.removed_at, final))
             at.details[reason_group(lv.new_reason)] += 1
             for j in range(lv.removed_at + 1, min(lv.old_pos + 1, self.n)):
                 counts = self.deltas[j].counts
-                counts.update(records_in=-1, bytes_in=-size)
+                counts.update(records_in=-1, bytes_in=-stage_sizes.get(j, final))
                 if j < lv.old_pos:
-                    counts.update(records_out=-1, bytes_out=-size)
+                    counts.update(records_out=-1, bytes_out=-stage_sizes.get(j + 1, final))
                 else:
                     counts["records_removed"] -= 1
                     self.deltas[j].details[reason_group(lv.old_reason)] -= 1
@@ -211,20 +213,13 @@ class Replay:
         self.deltas[j].details[reason_group(reason)] += 1
 
     def _row_stage(self, j: int, arrivals: list[Arrival]) -> None:
-        stage = self.stages[j]
-        stage.setup(0, 1)
-        for start in range(0, len(arrivals), stage.batch_size):
-            batch = arrivals[start:start + stage.batch_size]
-            docs = [Document(text=a.row.get(CONTENT), id=f"{a.row.get('repo_name')}/{a.row.get('path')}",
-                             metadata={k: v for k, v in a.row.items() if k != CONTENT}) for a in batch]
-            for arrival, doc, result in zip(batch, docs, stage.filter_batch(docs), strict=True):
-                keep, reason = get_filter_result(result)
-                arrival.row = doc_to_row(doc)  # a stage may rewrite a record or add columns
-                if keep:
-                    self._pass(j, arrival)
-                else:
-                    self._remove(j, arrival, reason)
-        stage.details.clear()  # a stage's own counts keep the old run's values (see the module doc)
+        for arrival, (row, reason) in zip(arrivals, run_row_stage(self.stages[j], [a.row for a in arrivals]),
+                                          strict=True):
+            arrival.row = row
+            if reason is None:
+                self._pass(j, arrival)
+            else:
+                self._remove(j, arrival, reason)
 
     # -- dedup stages -----------------------------------------------------------------------------
     def _dedup_stage(self, j: int, arrivals: list[Arrival]) -> None:
@@ -329,6 +324,22 @@ class Replay:
         if not repo_level:
             return best
         return next(i for i, r in enumerate(rows) if r["repo_name"] == ranked[best]["repo_name"])
+
+
+def run_row_stage(stage: CodeStage, rows: list[dict]) -> list[tuple[dict, str | None]]:
+    """Run a row-level stage on rows as the full run would: each row as the stage left it (it may
+    rewrite a record or add columns) and its removal reason (None: kept)."""
+    stage.setup(0, 1)
+    results = []
+    for start in range(0, len(rows), stage.batch_size):
+        batch = rows[start:start + stage.batch_size]
+        docs = [Document(text=r.get(CONTENT), id=f"{r.get('repo_name')}/{r.get('path')}",
+                         metadata={k: v for k, v in r.items() if k != CONTENT}) for r in batch]
+        for doc, result in zip(docs, stage.filter_batch(docs), strict=True):
+            keep, reason = get_filter_result(result)
+            results.append((doc_to_row(doc), None if keep else reason))
+    stage.details.clear()  # a stage's own counts keep the old run's values (see the module doc)
+    return results
 
 
 def _ref(row: dict) -> Ref:
