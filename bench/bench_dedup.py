@@ -13,7 +13,7 @@ CORPUS_DIR holds Parquet files with `content` (e.g. the data/ of `pipeline inges
 2. Full stage with N workers: `pipeline run` with near_dedup only (Parquet in, data/ + removed/ out)
    vs datatrove's four stages (signatures, buckets, cluster, filter; Parquet in and out).
 Each measurement runs in a fresh process; repetitions are interleaved and the median is reported with
-CPU seconds, MB/s, docs/s and the process tree's peak RSS.
+CPU seconds, MB/s, docs/s and peak RSS (of the largest process in the tree, from wait4).
 """
 
 import argparse
@@ -210,6 +210,10 @@ def main() -> None:
     parser.add_argument("--one", nargs=4, metavar=("KIND", "TOOL", "INPUT", "WORK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
+        from loguru import logger
+
+        logger.remove()  # datatrove's per-task log lines would drown the table
+        logger.add(sys.stderr, level="WARNING")
         kind, tool, input_dir, work = args.one
         run = signature_run(tool, Path(input_dir), Path(work)) if kind == "signature" else \
             stage_run(tool, Path(input_dir), Path(work), args.workers)
@@ -245,17 +249,18 @@ def report(runs: dict, mb: float, docs: int, args) -> None:
                                      "mb_s_cpu": mb / cpu if cpu else None,
                                      "peak_rss_mb": max(r["peak_rss_mb"] for r in rs)}
     print(f"\n### Signature phase, 1 core, {mb:.0f} MB ({docs} files), median of {args.reps} interleaved")
-    print("| tool | MB/s (wall) | MB/s (CPU) | docs/s | peak RSS MB | vs datatrove |")
-    print("|---|---|---|---|---|---|")
+    print("| tool | MB/s (wall) | MB per CPU-s | docs/s (wall) | peak RSS MB | vs datatrove (wall) | (CPU) |")
+    print("|---|---|---|---|---|---|---|")
     base = summary.get("signature/datatrove")
     for tool in SIGNATURE_TOOLS:
         s = summary.get(f"signature/{tool}")
         if s:
-            ratio = f"{s['mb_s'] / base['mb_s']:.1f}x" if base else "-"
+            wall = f"{s['mb_s'] / base['mb_s']:.1f}x" if base else "-"
+            cpu = f"{s['mb_s_cpu'] / base['mb_s_cpu']:.1f}x" if base else "-"
             print(f"| {tool} | {s['mb_s']:.1f} | {s['mb_s_cpu']:.1f} | {s['docs_s']:.0f} | "
-                  f"{s['peak_rss_mb']:.0f} | {ratio} |")
+                  f"{s['peak_rss_mb']:.0f} | {wall} | {cpu} |")
     print(f"\n### Full stage, {args.workers} workers (Parquet in -> kept + removed Parquet out)")
-    print("| tool | seconds | MB/s | docs/s | peak RSS MB (process tree) | vs datatrove |")
+    print("| tool | seconds | MB/s | docs/s | peak RSS MB (largest process) | vs datatrove |")
     print("|---|---|---|---|---|---|")
     base = summary.get("stage/datatrove")
     for tool in STAGE_TOOLS:

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
+from loguru import logger
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_dedup import run_datatrove  # noqa: E402
@@ -96,7 +97,7 @@ def our_clusters(sample: Path, work: Path, threshold: float) -> tuple[np.ndarray
     (work / "ours.yaml").write_text(yaml.safe_dump(config))
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(work / "ours.yaml"), "--overwrite", "--quiet"],
-                   check=True)
+                   check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     rows = pq.read_table(sample, columns=["repo_name", "path"])
     key = {k: i for i, k in enumerate(zip(rows["repo_name"].to_pylist(), rows["path"].to_pylist(), strict=True))}
@@ -174,6 +175,14 @@ def sample_corpus(corpus: Path, size: int, seed: int, out: Path, exclude: str | 
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(eligible, size=min(size, len(eligible)), replace=False))
     sample = table.take(pa.array(chosen))
+    # the same file ingested from two roots (e.g. @python and /usr/lib/python3.11) has the same repo_name and
+    # path: make the keys unique, since clusters are read back from removed/ by (repo_name, path)
+    seen: set[tuple[str, str]] = set()
+    paths = []
+    for repo, path in zip(sample["repo_name"].to_pylist(), sample["path"].to_pylist(), strict=True):
+        paths.append(path if (repo, path) not in seen else f"{path}~{len(paths)}")
+        seen.add((repo, paths[-1]))
+    sample = sample.set_column(sample.schema.get_field_index("path"), "path", pa.array(paths, pa.string()))
     pq.write_table(sample, out)
     return sample
 
@@ -247,6 +256,8 @@ def main() -> None:
     parser.add_argument("--repo-forks", type=int, default=0,
                         help="instead: compare repository documents (union vs concatenation) with N planted forks")
     args = parser.parse_args()
+    logger.remove()  # datatrove's per-task log lines would drown the table
+    logger.add(sys.stderr, level="WARNING")
     if args.repo_forks:
         repo_documents(args.corpus, args.repo_forks, args.seed)
         return

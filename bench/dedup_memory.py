@@ -1,15 +1,18 @@
 """Near-dedup cluster memory: peak RSS of the pairs and merge work for up to 10 million synthetic records.
 
     .venv/bin/python bench/dedup_memory.py [--records 1e6 3e6 1e7] [--dup-records 1e5] [--extra 1e7:1e6]
+                                           [--partitions 16] [--workers 2]
 
 Synthetic band files (band keys only, the layout the signature phase writes: 64 source tasks, sorted
 key ranges) stand for a corpus of N records of which D are near-duplicates: groups of 4 records, half
-with identical signatures (all bands shared), half sharing 8 of the bands. Then, each in a fresh
-process whose peak RSS is read from wait4:
-  - pairs: the real `CandidatePairs` step, one task per key range (the largest task's RSS is shown);
+with identical signatures (all bands shared), half sharing 8 of the bands. Then, each task in a fresh
+process whose peak RSS is read from wait4 (`--workers` of them at a time, as a worker pool would):
+  - pairs: the real `CandidatePairs` step, one task per key range (partition); the largest task's RSS
+    is what one worker needs;
   - merge: every candidate pair taken as verified, reduced per partition to a forest (as the verify
     phase does) and merged into connected components (as the dups phase does).
-The claim to check: both stay flat as N grows at fixed D, and grow with D.
+The claim to check: both stay flat as N grows at fixed D (and whatever the partition count), and grow
+with D.
 """
 
 import argparse
@@ -19,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from math import ceil
 from pathlib import Path
 
@@ -29,6 +33,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stages.lsh import connected_components, sorted_unique, unique_pairs  # noqa: E402
 from stages.near_dedup import (  # noqa: E402
+    CHUNK_ROWS,
     RANK_BITS,
     CandidatePairs,
     NearDedup,
@@ -42,9 +47,8 @@ GROUP = 4
 SHARED_BANDS = 8
 
 
-def generate(work: Path, records: int, dup_records: int, bands: int, seed: int = 0) -> int:
+def generate(work: Path, records: int, dup_records: int, bands: int, partitions: int, seed: int = 0) -> int:
     """Write the band files of `records` synthetic records; returns the number of band rows."""
-    partitions = NearDedup.cluster_partitions(min(SOURCES, 64))
     units = Units(work / "sig", SOURCES)
     units.folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -72,15 +76,13 @@ def generate(work: Path, records: int, dup_records: int, bands: int, seed: int =
     return total
 
 
-def pairs_task(work: Path, partition: int) -> None:
-    partitions = NearDedup.cluster_partitions(min(SOURCES, 64))
+def pairs_task(work: Path, partition: int, partitions: int) -> None:
     CandidatePairs("near_dedup", NearDedupOptions(), work, SOURCES, partitions).process(partition)
 
 
-def merge_task(work: Path) -> None:
+def merge_task(work: Path, partitions: int) -> None:
     """Forest per partition (verify's reduction), then one connected-components merge (dups); prints
     the distinct pairs and the components."""
-    partitions = NearDedup.cluster_partitions(min(SOURCES, 64))
     forests, distinct = [], 0
     for q in range(partitions):
         pairs = pa.concat_tables([pq.read_table(work / "pairs" / f"{p:03d}_{q:03d}.parquet")
@@ -105,18 +107,20 @@ def measure(*args: str) -> tuple[float, float, str]:
     return time.perf_counter() - start, usage.ru_maxrss / 1024, output.strip()
 
 
-def run_config(base: Path, records: int, dup_records: int, bands: int) -> dict:
-    work = base / f"n{records}_d{dup_records}"
+def run_config(base: Path, records: int, dup_records: int, bands: int, partitions: int, workers: int) -> dict:
+    work = base / f"n{records}_d{dup_records}_p{partitions}"
     start = time.perf_counter()
-    rows = generate(work, records, dup_records, bands)
+    rows = generate(work, records, dup_records, bands, partitions)
     generated = time.perf_counter() - start
-    partitions = NearDedup.cluster_partitions(min(SOURCES, 64))
-    pair_runs = [measure("pairs", str(work), str(p)) for p in range(partitions)]
-    merge_seconds, merge_rss, output = measure("merge", str(work))
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        pair_runs = list(pool.map(lambda p: measure("pairs", str(work), str(p), str(partitions)), range(partitions)))
+    pairs_wall = time.perf_counter() - start
+    merge_seconds, merge_rss, output = measure("merge", str(work), str(partitions))
     distinct, components = map(int, output.split()[-2:])
     shutil.rmtree(work)
-    return {"records": records, "dup_records": dup_records, "band_rows": rows, "pairs": distinct,
-            "components": components, "generate_s": generated, "pairs_s": sum(r[0] for r in pair_runs),
+    return {"records": records, "dup_records": dup_records, "partitions": partitions, "band_rows": rows,
+            "pairs": distinct, "components": components, "generate_s": generated, "pairs_s": pairs_wall,
             "pairs_rss_mb": max(r[1] for r in pair_runs), "merge_s": merge_seconds, "merge_rss_mb": merge_rss}
 
 
@@ -125,31 +129,34 @@ def main() -> None:
     parser.add_argument("--records", type=float, nargs="*", default=[1e6, 3e6, 1e7])
     parser.add_argument("--dup-records", type=float, default=1e5)
     parser.add_argument("--extra", nargs="*", default=["1e7:1e6"], help="more RECORDS:DUP_RECORDS configurations")
+    parser.add_argument("--partitions", type=int, nargs="*", default=[NearDedup.cluster_partitions(SOURCES)],
+                        help="key ranges = pairs tasks (the runner's default for 64 input tasks: 16)")
+    parser.add_argument("--workers", type=int, default=2, help="pairs tasks run at once")
     parser.add_argument("--workdir", type=Path, default=None, help="where the band files go (needs ~14 GB at 1e7)")
     parser.add_argument("--task", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.task:
         kind, *rest = args.task
         if kind == "pairs":
-            pairs_task(Path(rest[0]), int(rest[1]))
+            pairs_task(Path(rest[0]), int(rest[1]), int(rest[2]))
         elif kind == "merge":
-            merge_task(Path(rest[0]))
+            merge_task(Path(rest[0]), int(rest[1]))
         return  # "idle": the imports alone, the baseline of every task
     bands, _ = NearDedupOptions().banding()
-    configs = [(int(n), int(args.dup_records)) for n in args.records]
-    configs += [(int(float(n)), int(float(d))) for n, d in (e.split(":") for e in args.extra)]
-    print(f"shipped defaults: {bands} bands; {SOURCES} source tasks, "
-          f"{NearDedup.cluster_partitions(SOURCES)} key ranges; chunks of at most 4M band rows; "
+    configs = [(int(n), int(args.dup_records), p) for n in args.records for p in args.partitions]
+    configs += [(int(float(n)), int(float(d)), args.partitions[-1]) for n, d in (e.split(":") for e in args.extra)]
+    print(f"shipped defaults: {bands} bands; {SOURCES} source tasks; pairs tasks read chunks of at most "
+          f"{CHUNK_ROWS:,} band rows; {args.workers} tasks at a time; "
           f"baseline RSS of a task process (imports only): {measure('idle')[1]:.0f} MB")
-    print("| records | near-dup records | band rows | distinct candidate pairs | components | pairs: max task RSS MB "
-          "| pairs s (all tasks) | merge RSS MB | merge s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| records | near-dup records | partitions | band rows | distinct candidate pairs | components "
+          "| pairs: peak RSS per task MB | pairs s (wall) | merge RSS MB | merge s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="dedup_memory_", dir=args.workdir) as tmp:
-        for records, dups in configs:
-            r = run_config(Path(tmp), records, dups, bands)
-            print(f"| {r['records']:,} | {r['dup_records']:,} | {r['band_rows']:,} | {r['pairs']:,} | "
-                  f"{r['components']:,} | {r['pairs_rss_mb']:.0f} | {r['pairs_s']:.0f} | {r['merge_rss_mb']:.0f} | "
-                  f"{r['merge_s']:.0f} |", flush=True)
+        for records, dups, partitions in configs:
+            r = run_config(Path(tmp), records, dups, bands, partitions, args.workers)
+            print(f"| {r['records']:,} | {r['dup_records']:,} | {r['partitions']} | {r['band_rows']:,} | "
+                  f"{r['pairs']:,} | {r['components']:,} | {r['pairs_rss_mb']:.0f} | {r['pairs_s']:.0f} | "
+                  f"{r['merge_rss_mb']:.0f} | {r['merge_s']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

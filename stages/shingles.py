@@ -25,12 +25,12 @@ _NGRAM_MULT = U64(0xBF58476D1CE4E5B9)
 @cache
 def char_classes() -> np.ndarray:
     """Class of every code point (IDENT, SPACE or OTHER), exactly as `re`'s `\\w` and `\\s` see them."""
-    everything = "".join(map(chr, range(0x110000)))
-    classes = np.zeros(0x110000, np.uint8)
-    for m in re.finditer(r"\s+", everything):
-        classes[m.start():m.end()] = SPACE
-    for m in re.finditer(r"\w+", everything):
-        classes[m.start():m.end()] = IDENT
+    everything = np.arange(0x110000, dtype=np.uint32).tobytes().decode("utf-32-le", "surrogatepass")
+    marked = re.sub(r"\s", " ", re.sub(r"\w", "a", everything))  # two regex passes in C: ~40 ms
+    codes = np.frombuffer(marked.encode("utf-32-le", "surrogatepass"), np.uint32)
+    classes = np.full(0x110000, OTHER, np.uint8)
+    classes[codes == ord("a")] = IDENT
+    classes[codes == ord(" ")] = SPACE
     return classes
 
 
