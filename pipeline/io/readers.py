@@ -77,7 +77,7 @@ class InputReader(PipelineStep):
         for raw, doc, fault in self._records(rank):
             meta = doc.metadata
             size = len(raw) if isinstance(raw, bytes) else (utf8_len(raw) if raw else 0)
-            ids.append((meta.get("repo_name"), meta.get("path"), meta.get("blob_id"), _sha256(raw)))
+            ids.append((meta.get("repo_name"), meta.get("path"), meta.get("blob_id"), content_digest(raw)))
             self.counters.add(records_in=1, bytes_in=size)
             if fault:
                 self.counters.details[f"input:{fault}"] += 1
@@ -171,7 +171,8 @@ class InputReader(PipelineStep):
             yield row, raw
 
 
-def _sha256(raw: str | bytes | None) -> str | None:
+def content_digest(raw: str | bytes | None) -> str | None:
+    """The `content_sha256` of input_ids.parquet: SHA-256 of the content as read (None for null)."""
     if raw is None:
         return None
     if isinstance(raw, str):

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import UserError
 from pipeline.io.inputs import WorkUnit, plan_inputs, read_jsonl
-from pipeline.io.readers import InputReader, _sha256
+from pipeline.io.readers import InputReader, content_digest
 from pipeline.optout.replay import Leaving, Ref, run_row_stage
 from pipeline.progress import TaskProgress
 from pipeline.records import CONTENT, utf8_len
@@ -60,7 +60,7 @@ class InputRecords:
             for unit in (self.reader.units[u] for u in self.reader.tasks[task]):
                 rows = self._source_rows(unit, pairs) if unit.kind == "source" else self._table_rows(unit, pairs)
                 for row, raw in rows:
-                    digest = _sha256(raw)
+                    digest = content_digest(raw)
                     doc, fault = self.reader._record(row, raw)
                     identity = (doc.metadata.get("repo_name"), doc.metadata.get("path"), doc.metadata.get("blob_id"))
                     if not fault and identity in identities and hashes.get(identity) == digest:
