@@ -1,6 +1,7 @@
 """What every stage shares about records: identity, sizes, text access, the keep rule, removal reasons."""
 
 import hashlib
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -15,6 +16,23 @@ REMOVAL_KEYS = ("removed_by", "removal_reason", "kept_repo_name", "kept_path")
 LICENSE_RANK = {"permissive": 0, "no_license": 1}
 KEEP_FIELDS = ("license_type", "star_events_count", "fork_events_count", "revision_date", "blob_id",
                "repo_name", "path")
+
+
+@dataclass(slots=True)
+class CodeDocument(Document):
+    """A datatrove Document that keeps the SHA-256 the reader computed of its text (for input_ids), so
+    exact_dedup does not hash every file a second time. The digest belongs to one text object: a
+    stage that rewrites the text leaves it stale, and `text_sha256` then hashes again."""
+
+    hashed: tuple[str, bytes] | None = None
+
+
+def text_sha256(doc: Document) -> bytes:
+    """SHA-256 of the document's text as UTF-8."""
+    cached = getattr(doc, "hashed", None)
+    if cached is not None and cached[0] is doc.text:
+        return cached[1]
+    return hashlib.sha256((doc.text or "").encode("utf-8", "surrogatepass")).digest()
 
 
 def git_blob_sha1(data: bytes) -> str:

@@ -2,10 +2,12 @@
 and cluster phase with an executor (resumable task by task), then write stats, manifest and card."""
 
 import hashlib
+import importlib
 import json
 import logging
 import shutil
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from pipeline.config import RunConfig, StageSpec
 from pipeline.errors import RunFailure, UserError
 from pipeline.executors.dask import DaskPipelineExecutor, connect
 from pipeline.executors.local import LocalExecutor
+from pipeline.executors.pool import WorkerPool
 from pipeline.io.files import CorruptIntermediate, is_intact, write_json_atomic, write_table_atomic
 from pipeline.io.inputs import InputPlan, plan_inputs
 from pipeline.io.readers import IDS_SCHEMA, InputReader, IntermediateReader
@@ -186,7 +189,7 @@ class Runner:
         common = {"logging_dir": str(self.logging_dir(job)), "stderr_log": str(self.out / "logs" / "tasks.log")}
         if self.client is not None:
             return DaskPipelineExecutor(job.steps, tasks=job.tasks, client=self.client, **common)
-        return LocalExecutor(job.steps, tasks=job.tasks, workers=self.config.executor.workers, **common)
+        return LocalExecutor(job.steps, tasks=job.tasks, pool=self.pool, **common)
 
     def run_job(self, job: Job, total_bytes: int) -> None:
         executor = self.executor_for(job)
@@ -202,12 +205,16 @@ class Runner:
     def run(self) -> dict:
         ex = self.config.executor
         self.client, cluster = connect(ex.scheduler, ex.workers) if ex.kind == "dask" else (None, None)
+        pooled = ex.kind == "local" and ex.workers > 1
+        self.pool = WorkerPool(ex.workers, [s.kind for s in self.specs]) if pooled else None
         self.retries: dict[str, int] = {}
         try:
             if self.client is not None:
                 self.console.print(f"Dask dashboard: {self.client.dashboard_link}")
             return self._run()
         finally:
+            if self.pool is not None:
+                self.pool.close()
             if self.client is not None:
                 self.client.close()
             if cluster is not None:
@@ -242,6 +249,8 @@ class Runner:
         if self.opts.resume:
             self.invalidate_corrupt(jobs)
         total = plan.total_bytes
+        # the card's plotting library loads while workers run (this process mostly waits on them)
+        threading.Thread(target=importlib.import_module, args=("matplotlib.figure",), daemon=True).start()
         try:
             for job in jobs:
                 self.run_job(job, total)

@@ -9,7 +9,7 @@ from datatrove.data import Document
 
 from pipeline.config import StageOptions
 from pipeline.dedup import ClusterStep, SignatureStep
-from pipeline.records import get_text
+from pipeline.records import CONTENT, get_text, text_sha256
 from pipeline.step import GlobalStage
 
 _WHITESPACE = re.compile(r"\s+")
@@ -23,6 +23,9 @@ class ExactDedupSignature(SignatureStep):
     def signature(self, docs: list[Document]):
         digests = []
         for doc in docs:
+            if self.options.text_field == CONTENT and not self.options.normalize_whitespace:
+                digests.append(text_sha256(doc)[:16])  # usually the reader's digest
+                continue
             text = get_text(doc, self.options.text_field)
             if self.options.normalize_whitespace:
                 text = _WHITESPACE.sub(" ", text).strip()

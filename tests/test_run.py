@@ -1,6 +1,7 @@
 """End-to-end runs of the foundation through the CLI: outputs, nothing lost, keep rule, inputs."""
 
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from conftest import read_dir, run_cli, stdlib_rows, write_config, write_parquet
 
-from pipeline.records import git_blob_sha1
+from pipeline.records import CodeDocument, git_blob_sha1, text_sha256
 
 
 def _run(tmp_path, stages, inputs, *extra):
@@ -81,6 +82,29 @@ def test_whitespace_normalisation_option(tmp_path):
     out = _run(tmp_path, [{"exact_dedup": {"normalize_whitespace": True}}], [str(tmp_path / "in.parquet")],
                "--overwrite")
     assert read_dir(out / "data").num_rows == 1
+
+
+def test_exact_dedup_compares_decoded_text(tmp_path):
+    """The same text stored as Latin-1 and as UTF-8 bytes is one content: exact_dedup hashes the decoded
+    text (the reader's input_ids digest, of the bytes as read, only serves it for UTF-8 input)."""
+    text = "café = 'naïve'\n"
+    rows = [{"repo_name": "a/x", "path": "f.py", "content": text.encode("latin-1"), "src_encoding": "ISO-8859-1"},
+            {"repo_name": "b/x", "path": "f.py", "content": text.encode("utf-8"), "src_encoding": "UTF-8"}]
+    write_parquet(tmp_path / "in.parquet", rows)
+    out = _run(tmp_path, [{"exact_dedup": {}}], [str(tmp_path / "in.parquet")])
+    assert read_dir(out / "data").num_rows == 1
+    assert read_dir(out / "removed" / "exact_dedup").num_rows == 1
+    ids = pq.read_table(out / "input_ids.parquet").to_pylist()
+    assert {r["content_sha256"] for r in ids} == {hashlib.sha256(text.encode(enc)).hexdigest()
+                                                  for enc in ("latin-1", "utf-8")}
+
+
+def test_text_digest_follows_rewrites():
+    text = "password = 'hunter2'\n" * 3
+    doc = CodeDocument(text=text, id="o/r/f.py", hashed=(text, hashlib.sha256(text.encode()).digest()))
+    assert text_sha256(doc) == hashlib.sha256(text.encode()).digest()
+    doc.text = text.replace("hunter2", "<PASSWORD>")  # what pii does
+    assert text_sha256(doc) == hashlib.sha256(doc.text.encode()).digest()
 
 
 def test_row_level_faults_go_to_removed_read(tmp_path):

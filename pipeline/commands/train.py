@@ -71,7 +71,7 @@ def _launch(config, deepspeed: dict | None, args, nproc: int) -> int:
     """Check everything a user can get wrong here, then start `nproc` workers through torchrun."""
     import torch
 
-    from pipeline.executors.local import die_with_parent
+    from pipeline.executors.pool import die_with_parent
     from pipeline.train.data import check_feeds
     from pipeline.train.trainer import TrainData, prepare_output
 
@@ -105,7 +105,7 @@ def _launch(config, deepspeed: dict | None, args, nproc: int) -> int:
 
 def _worker(config, deepspeed: dict | None, args) -> int:
     """One training process under a launcher: run, and leave a failure where the launcher finds it."""
-    from pipeline.executors.local import die_with_parent
+    from pipeline.executors.pool import die_with_parent
 
     die_with_parent()  # torchrun starts workers in sessions of their own: a kill -9 of the run must reach them
     # DeepSpeed calls torch's deprecated collectives at every step: one warning each would flood logs/

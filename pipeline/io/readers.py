@@ -1,5 +1,6 @@
 """Reader steps: input records (segment 0) and a previous segment's intermediate shards."""
 
+import codecs
 import copy
 import hashlib
 import time
@@ -16,7 +17,7 @@ from pipeline.io.files import CorruptIntermediate, is_intact, write_table_atomic
 from pipeline.io.inputs import WorkUnit, read_jsonl
 from pipeline.io.source_tree import extension_of, is_binary
 from pipeline.progress import TaskProgress
-from pipeline.records import CONTENT, git_blob_sha1, utf8_len
+from pipeline.records import CONTENT, CodeDocument, git_blob_sha1, utf8_len
 from pipeline.step import StageCounters
 
 IDS_SCHEMA = pa.schema([("repo_name", pa.string()), ("path", pa.string()), ("blob_id", pa.string()),
@@ -24,8 +25,8 @@ IDS_SCHEMA = pa.schema([("repo_name", pa.string()), ("path", pa.string()), ("blo
 BATCH_ROWS = 1024
 
 
-def _doc(row: dict, text: str) -> Document:
-    return Document(text=text, id=f"{row.get('repo_name')}/{row.get('path')}", metadata=row)
+def _doc(row: dict, text: str) -> CodeDocument:
+    return CodeDocument(text=text, id=f"{row.get('repo_name')}/{row.get('path')}", metadata=row)
 
 
 class InputReader(PipelineStep):
@@ -77,7 +78,10 @@ class InputReader(PipelineStep):
         for raw, doc, fault in self._records(rank):
             meta = doc.metadata
             size = len(raw) if isinstance(raw, bytes) else (utf8_len(raw) if raw else 0)
-            ids.append((meta.get("repo_name"), meta.get("path"), meta.get("blob_id"), content_digest(raw)))
+            digest = _sha256(raw)
+            ids.append((meta.get("repo_name"), meta.get("path"), meta.get("blob_id"), digest and digest.hex()))
+            if doc.text is not None and (isinstance(raw, str) or _is_utf8(meta.get("src_encoding"))):
+                doc.hashed = (doc.text, digest)  # the text's UTF-8 bytes are what was hashed
             self.counters.add(records_in=1, bytes_in=size)
             if fault:
                 self.counters.details[f"input:{fault}"] += 1
@@ -171,13 +175,25 @@ class InputReader(PipelineStep):
             yield row, raw
 
 
-def content_digest(raw: str | bytes | None) -> str | None:
-    """The `content_sha256` of input_ids.parquet: SHA-256 of the content as read (None for null)."""
+def _sha256(raw: str | bytes | None) -> bytes | None:
     if raw is None:
         return None
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogatepass")
-    return hashlib.sha256(raw).hexdigest()
+    return hashlib.sha256(raw).digest()
+
+
+def content_digest(raw: str | bytes | None) -> str | None:
+    """The `content_sha256` of input_ids.parquet: SHA-256 of the content as read (None for null)."""
+    digest = _sha256(raw)
+    return digest and digest.hex()
+
+
+def _is_utf8(encoding: str | None) -> bool:
+    try:
+        return codecs.lookup(encoding or "utf-8").name == "utf-8"
+    except LookupError:
+        return False
 
 
 def _git_sha1_of_file(path: str) -> str:

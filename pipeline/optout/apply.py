@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from pipeline.card import write_card
 from pipeline.config import RunConfig, StageSpec
 from pipeline.errors import UserError
-from pipeline.executors.local import cpu_count
+from pipeline.executors.pool import cpu_count
 from pipeline.io.files import write_json_atomic
 from pipeline.optout.originals import Originals
 from pipeline.optout.replay import CLUSTERS, Catalog, Move, Ref, Replay
