@@ -21,27 +21,30 @@ class Parser(argparse.ArgumentParser):
 
 
 def _run(args) -> int:
-    from pipeline.config import ExecutorConfig, load_config
+    from pipeline.config import ExecutorConfig, RunConfig, load_config
 
-    config, specs = load_config(args.config)
-    if args.input:
-        config.input.paths = args.input
-    if args.output:
-        config.output.path = args.output
-    if args.limit is not None:
-        config.input.limit = args.limit
-    executor = config.executor.model_dump()
-    for key in ("executor", "workers", "scheduler"):
-        value = getattr(args, key)
-        if value is not None:
-            executor["kind" if key == "executor" else key] = value
-    config.executor = ExecutorConfig(**executor)
+    def prepare(config: RunConfig) -> None:
+        if args.input:
+            config.input.paths = args.input
+        if args.output:
+            config.output.path = args.output
+        if args.limit is not None:
+            config.input.limit = args.limit
+        executor = config.executor.model_dump()
+        for key in ("executor", "workers", "scheduler"):
+            value = getattr(args, key)
+            if value is not None:
+                executor["kind" if key == "executor" else key] = value
+        config.executor = ExecutorConfig(**executor)
+        if config.executor.kind == "local" and config.executor.workers > 1:
+            from pipeline.executors.pool import start_forkserver
+
+            # the workers' imports run while this process validates the stages and imports the runner
+            start_forkserver([next(iter(s)) for s in config.stages if isinstance(s, dict) and len(s) == 1])
+
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite exclude each other")
-    if config.executor.kind == "local" and config.executor.workers > 1:
-        from pipeline.executors.pool import start_forkserver
-
-        start_forkserver([s.kind for s in specs])  # workers import while this process imports the runner
+    config, specs = load_config(args.config, prepare)
     from pipeline.runner import Runner, RunOptions
 
     console = Console(stderr=True)

@@ -1,5 +1,6 @@
 """The run config: YAML loaded safely, validated strictly, every error one line naming file and key."""
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -145,8 +146,12 @@ def validated_yaml(path: Path, model: type[M], keys: str) -> M:
         raise _one_line(str(path), e) from None
 
 
-def load_config(path: str | Path) -> tuple[RunConfig, list[StageSpec]]:
-    """Load and validate CONFIG.yaml; relative paths inside resolve against its directory."""
+def load_config(path: str | Path, prepare: Callable[[RunConfig], None] | None = None,
+                ) -> tuple[RunConfig, list[StageSpec]]:
+    """Load and validate CONFIG.yaml; relative paths inside resolve against its directory.
+
+    `prepare(config)` runs before the stages are validated (which imports their modules): the CLI
+    applies its overrides there and starts the worker processes early."""
     path = Path(path)
     source = str(path)
     config = validated_yaml(path, RunConfig, "name, input, output, executor, stages")
@@ -154,6 +159,8 @@ def load_config(path: str | Path) -> tuple[RunConfig, list[StageSpec]]:
     config.input.paths = [resolve_input(p, base) for p in config.input.paths]
     if not _is_url(config.output.path):
         config.output.path = str((base / config.output.path).resolve())
+    if prepare is not None:
+        prepare(config)
     specs = parse_stages(source, config.stages)
     for spec in specs:
         spec.options = spec.options.model_copy(update=_resolved_paths(spec.options, base))

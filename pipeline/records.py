@@ -20,18 +20,22 @@ KEEP_FIELDS = ("license_type", "star_events_count", "fork_events_count", "revisi
 
 @dataclass(slots=True)
 class CodeDocument(Document):
-    """A datatrove Document that keeps the SHA-256 the reader computed of its text (for input_ids), so
-    exact_dedup does not hash every file a second time. The digest belongs to one text object: a
-    stage that rewrites the text leaves it stale, and `text_sha256` then hashes again."""
+    """A datatrove Document carrying what the reader measured of its text: UTF-8 size and SHA-256 (for
+    input_ids), so stages do not encode and hash every file again. The measures belong to one text
+    object (`measured`): once a stage rewrites the text they are stale and are computed afresh."""
 
-    hashed: tuple[str, bytes] | None = None
+    measured: str | None = None
+    nbytes: int = 0
+    sha256: bytes | None = None
+
+    def measure(self, nbytes: int, sha256: bytes | None = None) -> None:
+        self.measured, self.nbytes, self.sha256 = self.text, nbytes, sha256
 
 
 def text_sha256(doc: Document) -> bytes:
     """SHA-256 of the document's text as UTF-8."""
-    cached = getattr(doc, "hashed", None)
-    if cached is not None and cached[0] is doc.text:
-        return cached[1]
+    if getattr(doc, "measured", None) is doc.text and doc.sha256 is not None:
+        return doc.sha256
     return hashlib.sha256((doc.text or "").encode("utf-8", "surrogatepass")).digest()
 
 
@@ -46,7 +50,12 @@ def utf8_len(text: str) -> int:
 
 
 def doc_bytes(doc: Document) -> int:
-    return utf8_len(doc.text) if doc.text else 0
+    text = doc.text
+    if not text:
+        return 0
+    if getattr(doc, "measured", None) is text:
+        return doc.nbytes
+    return utf8_len(text)
 
 
 def get_text(doc: Document, text_field: str = CONTENT) -> str:

@@ -269,7 +269,7 @@ class Runner:
     # -- finishing --------------------------------------------------------------------------------
     def finalize(self, jobs: list[Job], manifest: dict) -> dict:
         ids = sorted((self.work / "input_ids").glob("*.parquet"))
-        table = pa.concat_tables([pq.read_table(p) for p in ids]) if ids else IDS_SCHEMA.empty_table()
+        table = pa.concat_tables([pq.ParquetFile(p).read() for p in ids]) if ids else IDS_SCHEMA.empty_table()
         write_table_atomic(table, self.out / "input_ids.parquet", checksum=False, compression="zstd")
         parts = stage_parts([self.logging_dir(j) for j in jobs])
         stages = merge_stages(parts, [s.name for s in self.specs])

@@ -24,7 +24,7 @@ class ExactDedupSignature(SignatureStep):
         digests = []
         for doc in docs:
             if self.options.text_field == CONTENT and not self.options.normalize_whitespace:
-                digests.append(text_sha256(doc)[:16])  # usually the reader's digest
+                digests.append(text_sha256(doc)[:16])  # usually measured by the reader
                 continue
             text = get_text(doc, self.options.text_field)
             if self.options.normalize_whitespace:

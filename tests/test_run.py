@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from conftest import read_dir, run_cli, stdlib_rows, write_config, write_parquet
 
-from pipeline.records import CodeDocument, git_blob_sha1, text_sha256
+from pipeline.records import CodeDocument, doc_bytes, git_blob_sha1, text_sha256
 
 
 def _run(tmp_path, stages, inputs, *extra):
@@ -101,10 +101,12 @@ def test_exact_dedup_compares_decoded_text(tmp_path):
 
 def test_text_digest_follows_rewrites():
     text = "password = 'hunter2'\n" * 3
-    doc = CodeDocument(text=text, id="o/r/f.py", hashed=(text, hashlib.sha256(text.encode()).digest()))
-    assert text_sha256(doc) == hashlib.sha256(text.encode()).digest()
-    doc.text = text.replace("hunter2", "<PASSWORD>")  # what pii does
+    doc = CodeDocument(text=text, id="o/r/f.py")
+    doc.measure(len(text), hashlib.sha256(text.encode()).digest())
+    assert text_sha256(doc) == hashlib.sha256(text.encode()).digest() and doc_bytes(doc) == len(text)
+    doc.text = text.replace("hunter2", "<PASSWORD>é")  # what pii does
     assert text_sha256(doc) == hashlib.sha256(doc.text.encode()).digest()
+    assert doc_bytes(doc) == len(doc.text.encode())
 
 
 def test_row_level_faults_go_to_removed_read(tmp_path):

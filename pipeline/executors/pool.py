@@ -26,10 +26,10 @@ def die_with_parent() -> None:
 def start_forkserver(stage_kinds: list[str]) -> None:
     """Start the forkserver (once per process): it imports what tasks of these stages need while the
     caller goes on. Workers forked from it start ready to run."""
-    from stages import module_of
+    from stages import MODULES, module_of
 
-    multiprocess.get_context("forkserver").set_forkserver_preload(
-        [*WORKER_MODULES, *dict.fromkeys(module_of(k) for k in stage_kinds)])
+    stage_modules = dict.fromkeys(module_of(k) for k in stage_kinds if k in MODULES)
+    multiprocess.get_context("forkserver").set_forkserver_preload([*WORKER_MODULES, *stage_modules])
     forkserver.ensure_running()
 
 

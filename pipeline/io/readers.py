@@ -58,12 +58,22 @@ class InputReader(PipelineStep):
         twin.counters = StageCounters(twin)
         return twin
 
-    def _records(self, rank: int) -> Iterator[tuple[str | bytes | None, Document, str | None]]:
-        """(raw content, document, fault) of every record of this task, in order."""
+    def _records(self, rank: int) -> Iterator[tuple[str | bytes | None, CodeDocument, str | None]]:
+        """(raw content, document, fault) of every record of this task, in order. Readable documents
+        carry their UTF-8 size, and their SHA-256 when the text's UTF-8 bytes are what was read (the
+        replay does not hash: it records no ids)."""
         for i in self.tasks[rank] if rank < len(self.tasks) else []:
             unit = self.units[i]
             for row, raw in self._source_rows(unit) if unit.kind == "source" else self._table_rows(unit):
                 doc, fault = self._record(row, raw)
+                if unit.kind != "source":  # source progress counts bytes on disk, binaries included
+                    self.progress.add(1, len(raw) if isinstance(raw, bytes) else utf8_len(raw or ""))
+                if doc.text is not None:
+                    if not self.replaying and (isinstance(raw, str) or _is_utf8(doc.metadata.get("src_encoding"))):
+                        data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+                        doc.measure(len(data), hashlib.sha256(data).digest())
+                    else:
+                        doc.measure(utf8_len(doc.text))
                 yield raw, doc, fault
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
@@ -77,11 +87,11 @@ class InputReader(PipelineStep):
         clock = time.perf_counter()
         for raw, doc, fault in self._records(rank):
             meta = doc.metadata
-            size = len(raw) if isinstance(raw, bytes) else (utf8_len(raw) if raw else 0)
-            digest = _sha256(raw)
+            if doc.sha256 is not None:  # measured from the bytes as read
+                size, digest = doc.nbytes, doc.sha256
+            else:
+                size, digest = _measure(raw)
             ids.append((meta.get("repo_name"), meta.get("path"), meta.get("blob_id"), digest and digest.hex()))
-            if doc.text is not None and (isinstance(raw, str) or _is_utf8(meta.get("src_encoding"))):
-                doc.hashed = (doc.text, digest)  # the text's UTF-8 bytes are what was hashed
             self.counters.add(records_in=1, bytes_in=size)
             if fault:
                 self.counters.details[f"input:{fault}"] += 1
@@ -139,7 +149,6 @@ class InputReader(PipelineStep):
                 raw = row.pop(CONTENT, None)
                 if raw is None and self.content_from and row.get("blob_id"):
                     raw = self._fetch(row)
-                self.progress.add(1, len(raw) if isinstance(raw, bytes) else utf8_len(raw or ""))
                 yield row, raw
 
     def _fetch(self, row: dict) -> bytes | None:
@@ -175,17 +184,17 @@ class InputReader(PipelineStep):
             yield row, raw
 
 
-def _sha256(raw: str | bytes | None) -> bytes | None:
+def _measure(raw: str | bytes | None) -> tuple[int, bytes | None]:
+    """(UTF-8 size, SHA-256) of content as read; (0, None) for null."""
     if raw is None:
-        return None
-    if isinstance(raw, str):
-        raw = raw.encode("utf-8", "surrogatepass")
-    return hashlib.sha256(raw).digest()
+        return 0, None
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    return len(data), hashlib.sha256(data).digest()
 
 
 def content_digest(raw: str | bytes | None) -> str | None:
     """The `content_sha256` of input_ids.parquet: SHA-256 of the content as read (None for null)."""
-    digest = _sha256(raw)
+    digest = _measure(raw)[1]
     return digest and digest.hex()
 
 
@@ -224,7 +233,9 @@ class IntermediateReader(PipelineStep):
             pf = pq.ParquetFile(path)
             for batch in pf.iter_batches(batch_size=BATCH_ROWS):
                 for row in batch.to_pylist():
-                    text = row.pop(CONTENT)
-                    progress.add(1, utf8_len(text) if text else 0)
-                    yield _doc(row, text)
+                    doc = _doc(row, row.pop(CONTENT))
+                    if doc.text is not None:
+                        doc.measure(utf8_len(doc.text))
+                    progress.add(1, doc.nbytes)
+                    yield doc
         progress.flush()
