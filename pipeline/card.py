@@ -5,8 +5,10 @@ removal reasons in detail, dedup clusters, columns) is read from the Parquet sha
 touching only small columns (never `content`), so every run can afford to write the card.
 """
 
+import importlib
 import io
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -490,6 +492,12 @@ class CardWriter:
 
 # -- plots -----------------------------------------------------------------------------------------------
 BEFORE, AFTER, REMOVED = "#b8c4d6", "#2f6db5", "#e3a13b"
+
+
+def import_plotting_in_background() -> None:
+    """Import matplotlib in a thread (a third of a second): callers start it where they mostly wait on
+    workers or on Parquet reads, and the card's plots need no import time at the end."""
+    threading.Thread(target=importlib.import_module, args=("matplotlib.figure",), daemon=True).start()
 
 
 def _figure(height: float):

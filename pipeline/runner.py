@@ -2,12 +2,10 @@
 and cluster phase with an executor (resumable task by task), then write stats, manifest and card."""
 
 import hashlib
-import importlib
 import json
 import logging
 import shutil
 import sys
-import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -19,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
 
-from pipeline.card import write_card
+from pipeline.card import import_plotting_in_background, write_card
 from pipeline.config import RunConfig, StageSpec
 from pipeline.errors import RunFailure, UserError
 from pipeline.executors.dask import DaskPipelineExecutor, connect
@@ -249,8 +247,7 @@ class Runner:
         if self.opts.resume:
             self.invalidate_corrupt(jobs)
         total = plan.total_bytes
-        # the card's plotting library loads while workers run (this process mostly waits on them)
-        threading.Thread(target=importlib.import_module, args=("matplotlib.figure",), daemon=True).start()
+        import_plotting_in_background()  # this process mostly waits on workers now
         try:
             for job in jobs:
                 self.run_job(job, total)

@@ -19,6 +19,7 @@ leaves); an arrival whose content no old input of a dedup stage had passes that 
 values, since recounting them would mean running the stages again on every record that left.
 """
 
+import weakref
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -326,10 +327,21 @@ class Replay:
         return next(i for i, r in enumerate(rows) if r["repo_name"] == ranked[best]["repo_name"])
 
 
+_set_up: "weakref.WeakSet[CodeStage]" = weakref.WeakSet()
+
+
+def set_up(stage: CodeStage) -> None:
+    """Set a stage up once per apply (the replay and `originals` both run stages: presidio or the
+    decontamination index would be built twice)."""
+    if stage not in _set_up:
+        stage.setup(0, 1)
+        _set_up.add(stage)
+
+
 def run_row_stage(stage: CodeStage, rows: list[dict]) -> list[tuple[dict, str | None]]:
     """Run a row-level stage on rows as the full run would: each row as the stage left it (it may
     rewrite a record or add columns) and its removal reason (None: kept)."""
-    stage.setup(0, 1)
+    set_up(stage)
     results = []
     for start in range(0, len(rows), stage.batch_size):
         batch = rows[start:start + stage.batch_size]
