@@ -16,6 +16,11 @@ from pipeline.errors import UserError
 from pipeline.executors.local import QuietRanks
 
 RETRIES = 2  # a task may run 1 + RETRIES times (e.g. after its worker was killed)
+# For the LocalCluster we start: tasks keep nothing in Dask's memory and nobody reads the dashboard's
+# profile, while sampling stacks every 10 ms and checking memory every 100 ms cost a CPU-bound task
+# 5-8% of its time (the same quality_filters batches: 0.38 s of thread CPU in a plain process, 0.40-0.42
+# in a default Dask worker, 0.38 with these settings).
+LOCAL_CLUSTER_CONFIG = {"distributed.worker.profile.enabled": False, "distributed.worker.memory.monitor-interval": "1s"}
 
 
 def connect(scheduler: str | None, workers: int, timeout: float = 10):
@@ -30,6 +35,9 @@ def connect(scheduler: str | None, workers: int, timeout: float = 10):
             return Client(scheduler, timeout=timeout), None
         except (OSError, TimeoutError) as e:
             raise UserError(f"--scheduler {scheduler}: Dask scheduler unreachable ({type(e).__name__})") from None
+    import dask
+
+    dask.config.set(LOCAL_CLUSTER_CONFIG)  # nannies pass the config on to the worker processes they start
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
     return Client(cluster), cluster
 
