@@ -10,7 +10,7 @@ from pathlib import Path
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datatrove.data import Document, DocumentsPipeline
+from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from pipeline.io.files import CorruptIntermediate, is_intact, write_table_atomic
@@ -67,13 +67,11 @@ class InputReader(PipelineStep):
             for row, raw in self._source_rows(unit) if unit.kind == "source" else self._table_rows(unit):
                 doc, fault = self._record(row, raw)
                 if unit.kind != "source":  # source progress counts bytes on disk, binaries included
-                    self.progress.add(1, len(raw) if isinstance(raw, bytes) else utf8_len(raw or ""))
-                if doc.text is not None:
-                    if not self.replaying and (isinstance(raw, str) or _is_utf8(doc.metadata.get("src_encoding"))):
-                        data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-                        doc.measure(len(data), hashlib.sha256(data).digest())
-                    else:
-                        doc.measure(utf8_len(doc.text))
+                    self.progress.add(1, len(raw) if isinstance(raw, bytes) else doc.nbytes)
+                utf8 = isinstance(raw, str) or _is_utf8(doc.metadata.get("src_encoding"))
+                if doc.text is not None and utf8 and not self.replaying:
+                    doc.sha256 = hashlib.sha256(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+                                                ).digest()
                 yield raw, doc, fault
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
@@ -109,8 +107,9 @@ class InputReader(PipelineStep):
                                                 schema=IDS_SCHEMA), self.ids_dir / f"{rank:05d}.parquet")
 
     # -- one record -----------------------------------------------------------------------------
-    def _record(self, row: dict, raw: str | bytes | None) -> tuple[Document, str | None]:
-        """Decode and check one record; returns the document and its fault (None if readable)."""
+    def _record(self, row: dict, raw: str | bytes | None) -> tuple[CodeDocument, str | None]:
+        """Decode and check one record; returns the document (its UTF-8 size measured) and its fault
+        (None if readable)."""
         fault = None
         if isinstance(raw, bytes) and row.get("blob_id") is None:
             row["blob_id"] = git_blob_sha1(raw)
@@ -123,13 +122,17 @@ class InputReader(PipelineStep):
                 raw = raw.decode(row.get("src_encoding") or "utf-8")
             except (UnicodeDecodeError, LookupError):
                 fault, raw = "undecodable", None
+        nbytes = 0
         if raw is not None and fault is None:
             if row.get("blob_id") is None:
                 row["blob_id"] = git_blob_sha1(raw.encode("utf-8", "surrogatepass"))
-            if utf8_len(raw) > self.max_file_bytes:
+            nbytes = utf8_len(raw)
+            if nbytes > self.max_file_bytes:
                 fault = "too_large"
         row.pop("_too_large", None)
         doc = _doc(row, raw if isinstance(raw, str) else None)
+        if doc.text is not None:
+            doc.measure(nbytes)
         if fault:
             doc.metadata["removed_by"] = "read"
             doc.metadata["removal_reason"] = f"input:{fault}"
