@@ -37,7 +37,6 @@ class ParquetShardWriter(PipelineStep):
         row_group_bytes: int = 32 * 2**20,
         checksum: bool = False,
         name: str = "writer",
-        extra: dict | None = None,
         count_languages: bool = False,
     ):
         self.name = name
@@ -49,7 +48,6 @@ class ParquetShardWriter(PipelineStep):
         self.max_shard_bytes = max_shard_bytes
         self.row_group_bytes = row_group_bytes
         self.checksum = checksum
-        self.extra = extra or {}  # constant columns, e.g. removed_by
         self.count_languages = count_languages  # the data writer counts stats.json `languages`
         self._rank: int | None = None
 
@@ -58,7 +56,7 @@ class ParquetShardWriter(PipelineStep):
         self._rank = rank
         self.folder.mkdir(parents=True, exist_ok=True)
         remove_outputs(self.folder, f"{rank:05d}")
-        self._rows: list[dict] = []
+        self._docs: list[Document] = []
         self._buffered = 0
         self._shard = 0
         self._writer: pq.ParquetWriter | None = None
@@ -79,9 +77,7 @@ class ParquetShardWriter(PipelineStep):
     def write(self, doc: Document, rank: int = 0, **_) -> None:
         if self._rank is None:
             self.open(rank)
-        row = doc_to_row(doc)
-        row.update(self.extra)
-        self._rows.append(row)
+        self._docs.append(doc)  # the last step to see it: nothing changes it after this
         size = doc_bytes(doc)
         self._buffered += size + 64
         if self.count_languages:
@@ -106,23 +102,27 @@ class ParquetShardWriter(PipelineStep):
         return self.folder / f"{self._rank:05d}_{self._shard:03d}.parquet"
 
     def _flush(self) -> None:
-        if not self._rows:
+        if not self._docs:
             return
-        rows = self._rows  # column by column: several times faster than Table.from_pylist
-        table = pa.Table.from_arrays([pa.array([r.get(f.name) for r in rows], f.type) for f in self.schema],
-                                     schema=self.schema)
+        docs = self._docs  # column by column: several times faster than Table.from_pylist
+        table = pa.Table.from_arrays([self._column(docs, f) for f in self.schema], schema=self.schema)
         if self._writer is None:
             self._writer = pq.ParquetWriter(
                 tmp_name(self._path()), self.schema, compression=self.compression,
                 compression_level=self.compression_level,
             )
-        self._writer.write_table(table, row_group_size=len(self._rows))
-        self.records_written += len(self._rows)
+        self._writer.write_table(table, row_group_size=len(docs))
+        self.records_written += len(docs)
         self._shard_bytes += self._buffered
-        self._rows, self._buffered = [], 0
+        self._docs, self._buffered = [], 0
         if self._shard_bytes >= self.max_shard_bytes:
             self._finish_shard()
             self._shard += 1
+
+    def _column(self, docs: list[Document], field: pa.Field) -> pa.Array:
+        if field.name == CONTENT:
+            return pa.array([d.text for d in docs], field.type)
+        return pa.array([d.metadata.get(field.name) for d in docs], field.type)
 
     def _finish_shard(self) -> None:
         if self._writer is None:
