@@ -11,6 +11,7 @@ longer holds unchanged keeps its old row (counted in the changelog).
 
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fsspec
@@ -19,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import UserError
+from pipeline.executors.pool import cpu_count
 from pipeline.io.inputs import WorkUnit, plan_inputs, read_jsonl
 from pipeline.io.readers import InputReader, content_digest
 from pipeline.optout.replay import Leaving, Ref, run_row_stage
@@ -54,11 +56,12 @@ class InputRecords:
         """task -> identities wanted in it => identity -> row as read (only records whose content
         hash is the one input_ids.parquet recorded)."""
         hashes = self._hashes({i for ids in wanted.values() for i in ids})
+        units = [(unit, identities) for task, identities in sorted(wanted.items())
+                 for unit in (self.reader.units[u] for u in self.reader.tasks[task])]
         found: dict[Identity, dict] = {}
-        for task, identities in sorted(wanted.items()):
-            pairs = {(repo, path) for repo, path, _ in identities}
-            for unit in (self.reader.units[u] for u in self.reader.tasks[task]):
-                rows = self._source_rows(unit, pairs) if unit.kind == "source" else self._table_rows(unit, pairs)
+        with ThreadPoolExecutor(cpu_count()) as pool:  # Parquet decoding releases the GIL
+            for (_, identities), rows in zip(units, pool.map(lambda job: list(self._wanted_rows(*job)), units),
+                                             strict=True):
                 for row, raw in rows:
                     digest = content_digest(raw)
                     doc, fault = self.reader._record(row, raw)
@@ -66,6 +69,10 @@ class InputRecords:
                     if not fault and identity in identities and hashes.get(identity) == digest:
                         found[identity] = {**doc.metadata, CONTENT: doc.text}
         return found
+
+    def _wanted_rows(self, unit: WorkUnit, identities: set[Identity]) -> Iterator[tuple[dict, str | bytes | None]]:
+        pairs = {(repo, path) for repo, path, _ in identities}
+        return self._source_rows(unit, pairs) if unit.kind == "source" else self._table_rows(unit, pairs)
 
     def _hashes(self, identities: set[Identity]) -> dict[Identity, str]:
         ids = pq.read_table(self.release / "input_ids.parquet")
