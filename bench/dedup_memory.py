@@ -10,7 +10,7 @@ process whose peak RSS is read from wait4 (`--workers` of them at a time, as a w
   - pairs: the real `CandidatePairs` step, one task per key range (partition); the largest task's RSS
     is what one worker needs;
   - merge: every candidate pair taken as verified, reduced per partition to a forest (as the verify
-    phase does) and merged into connected components (as the dups phase does).
+    phase does) and merged into connected components (as the components phase does).
 The claim to check: both stay flat as N grows at fixed D (and whatever the partition count), and grow
 with D.
 """
@@ -81,8 +81,8 @@ def pairs_task(work: Path, partition: int, partitions: int) -> None:
 
 
 def merge_task(work: Path, partitions: int) -> None:
-    """Forest per partition (verify's reduction), then one connected-components merge (dups); prints
-    the distinct pairs and the components."""
+    """Forest per partition (verify's reduction), then one connected-components merge (the components
+    phase); prints the distinct pairs and the components."""
     forests, distinct = [], 0
     for q in range(partitions):
         pairs = pa.concat_tables([pq.read_table(work / "pairs" / f"{p:03d}_{q:03d}.parquet")

@@ -1,10 +1,13 @@
-"""Locality-sensitive hashing over MinHash signatures: band keys, candidate pairs from buckets, and
-connected components, as array operations whose memory follows the rows given, not the corpus.
+"""Locality-sensitive hashing over MinHash signatures: band keys, candidate pairs from buckets,
+connected components and star clusters, as array operations whose memory follows the rows given, not
+the corpus.
 
 A band key is one 64-bit hash of (band index, the band's `rows` signature values); documents sharing a
 key share a bucket. Keys are spread uniformly, so a key range is a partition (`key_partition`) and a
 sub-range of it a chunk: buckets are never split between tasks or chunks.
 """
+
+from collections.abc import Callable
 
 import numba as nb
 import numpy as np
@@ -158,3 +161,87 @@ def connected_components(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.n
     smallest = np.full(count, np.iinfo(np.int64).max, np.int64)
     np.minimum.at(smallest, labels, nodes)
     return nodes, smallest[labels]
+
+
+def csr_rows(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The column indices of the given rows of a CSR matrix, concatenated."""
+    starts, lengths = indptr[rows], indptr[rows + 1] - indptr[rows]
+    within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return indices[np.repeat(starts, lengths) + within]
+
+
+class SignatureGraph:
+    """Verified edges between nodes 0..n-1, with the nodes of identical signatures (`same` edges) as one
+    group: a bucket pairs such a node only with the first of them, so its own edges are not all its
+    similar nodes."""
+
+    def __init__(self, n: int, a: np.ndarray, b: np.ndarray, same: np.ndarray):
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components as scipy_components
+
+        ones = np.ones(int(same.sum()), np.int8)
+        _, self.group = scipy_components(coo_matrix((ones, (a[same], b[same])), shape=(n, n)), directed=False)
+        ga, gb = self.group[a[~same]], self.group[b[~same]]
+        between = ga != gb
+        ga, gb = np.r_[ga[between], gb[between]], np.r_[gb[between], ga[between]]
+        groups = int(self.group.max()) + 1
+        self.adjacency = coo_matrix((np.ones(len(ga), bool), (ga, gb)), shape=(groups, groups)).tocsr()
+        self.members = coo_matrix((np.ones(n, bool), (self.group, np.arange(n))), shape=(groups, n)).tocsr()
+        sizes = np.bincount(self.group, minlength=groups)
+        self.degree = (sizes - 1 + self.adjacency.astype(np.int64) @ sizes)[self.group]
+
+    def within_two(self, node: int) -> np.ndarray:
+        """The nodes within two edges of `node` (itself included), groups counting as one node."""
+        adjacency = self.adjacency
+        near = np.r_[self.group[node], csr_rows(adjacency.indptr, adjacency.indices, self.group[node:node + 1])]
+        reach = sorted_unique(np.r_[near, csr_rows(adjacency.indptr, adjacency.indices, near)])
+        return csr_rows(self.members.indptr, self.members.indices, reach)
+
+
+def star_clusters(rank: np.ndarray, a: np.ndarray, b: np.ndarray, same: np.ndarray,
+                  similar: Callable[[int, np.ndarray], np.ndarray], agreement: float = 0.5,
+                  core: int = 32) -> np.ndarray:
+    """Non-transitive clusters of nodes 0..n-1 given verified edges (a, b): each node's seed.
+
+    A node joins a cluster only when it is similar to more than `agreement` of the cluster's core (its
+    seed and first members, `core` at most), so a chain A~B~C with A !~ C is never one cluster.
+    Seeds are taken most connected first (ties: `rank`, lower first); the seed's candidates (nodes within
+    two edges, `SignatureGraph.within_two`) that are not yet in a cluster and are similar to the seed
+    join it, best `rank` first, if they agree with its core. Then a node left alone joins the cluster
+    within reach whose core it agrees with most, if that is more than `agreement`.
+    """
+    n = len(rank)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    graph = SignatureGraph(n, a, b, same)
+    seed = np.full(n, -1, np.int64)
+    clusters: dict[int, list[int]] = {}
+
+    def agrees(node: int, cluster: list[int]) -> float:
+        return float(similar(node, np.array(cluster[:core], np.int64)).mean())
+
+    for c in np.lexsort((rank, -graph.degree)):
+        if seed[c] >= 0:
+            continue
+        seed[c] = c
+        clusters[c] = cluster = [int(c)]
+        candidates = graph.within_two(c)
+        candidates = candidates[seed[candidates] < 0]
+        candidates = candidates[np.argsort(rank[candidates], kind="stable")]
+        for x in candidates[similar(int(c), candidates)] if len(candidates) else ():
+            if len(cluster) == 1 or agrees(int(x), cluster) > agreement:
+                seed[x] = c
+                cluster.append(int(x))
+    for x in np.argsort(rank, kind="stable"):
+        if len(clusters.get(x, ())) != 1:
+            continue
+        best, best_agreement = -1, agreement
+        near = sorted_unique(seed[graph.within_two(x)])
+        for k in near[np.argsort(rank[near], kind="stable")]:  # equal agreement: the best seed's cluster
+            if k != x and len(clusters[k]) > 1 and (score := agrees(int(x), clusters[k])) > best_agreement:
+                best, best_agreement = k, score
+        if best >= 0:
+            del clusters[x]
+            seed[x] = best
+            clusters[best].append(int(x))
+    return seed

@@ -114,8 +114,15 @@ def pair_estimates(signatures: np.ndarray, ia: np.ndarray, ib: np.ndarray) -> np
     return _pair_estimates(signatures, np.asarray(ia, np.int64), np.asarray(ib, np.int64))
 
 
-def pair_jaccard(flat: np.ndarray, offsets: np.ndarray, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
+def sort_sets(flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """A copy of `flat` with each set sorted (what `pair_jaccard` merges), for many calls on the same sets."""
+    return _sort_sets(flat, np.asarray(offsets, np.int64))
+
+
+def pair_jaccard(flat: np.ndarray, offsets: np.ndarray, ia: np.ndarray, ib: np.ndarray,
+                 presorted: bool = False) -> np.ndarray:
     """Exact Jaccard of sets ia[p] and ib[p] (set s = flat[offsets[s]:offsets[s+1]], unique values);
-    NaN where either set is empty."""
+    NaN where either set is empty. `presorted`: `flat` comes from `sort_sets`."""
     offsets = np.asarray(offsets, np.int64)
-    return _pair_jaccard(_sort_sets(flat, offsets), offsets, np.asarray(ia, np.int64), np.asarray(ib, np.int64))
+    flat = flat if presorted else _sort_sets(flat, offsets)
+    return _pair_jaccard(flat, offsets, np.asarray(ia, np.int64), np.asarray(ib, np.int64))

@@ -10,13 +10,17 @@ Phases (each a datatrove run; every file they write is checksummed and checked o
     pairs   per band-key range: buckets -> candidate pairs, read in key sub-ranges of bounded size
     attach  per unit partition: each pair gets its first unit's signature and shingles
     verify  per unit partition of the second unit: estimate, then exact Jaccard near the threshold;
-            accepted pairs are reduced to a forest (node -> smallest node of its local component)
-    dups    one task: the forests merged into connected components; the keep rule's best unit of each
-            component stays, the others (at repo level: all their files) go to `removed/`
+            accepted pairs are kept (edges), with their units, and reduced to a forest (node -> smallest
+            node of its local component)
+    components  one task: the forests merged into connected components (node ids only)
+    dups    per component partition: clusters inside the components whose members are each similar
+            to most of their cluster's core (a chain A~B~C with A !~ C is no cluster); the keep rule's
+            best unit of each cluster stays, the others (at repo level: all their files) go to `removed/`
 
-No phase holds all pairs of the corpus: pairs, attach and verify see one partition; `dups` sees only
-the units that have a verified near-duplicate. Every decision depends on the content, never on the
-number of tasks or workers (buckets are ordered by signature and identity hashes).
+No phase holds all pairs of the corpus: pairs, attach, verify and dups see one partition;
+`components` sees only the ids of the units that have a verified near-duplicate. Every decision
+depends on the content, never on the number of tasks or workers (buckets are ordered by signature and
+identity hashes, clusters by the keep rule).
 """
 
 import hashlib
@@ -35,7 +39,7 @@ from pydantic import Field, model_validator
 from pipeline.config import StageOptions
 from pipeline.dedup import DUPS_SCHEMA, SignatureStep, duplicates_table, dups_path
 from pipeline.io.files import CorruptIntermediate, is_intact, read_table_checked, write_table_atomic
-from pipeline.records import KEEP_FIELDS, LICENSE_RANK, duplicate_repo_reason
+from pipeline.records import KEEP_FIELDS, LICENSE_RANK, duplicate_repo_reason, keep_order
 from pipeline.step import GlobalStage, text_batches
 from stages.lsh import (
     band_keys,
@@ -47,9 +51,10 @@ from stages.lsh import (
     signature_hashes,
     sorted_unique,
     spread,
+    star_clusters,
     unique_pairs,
 )
-from stages.minhash import MinHasher, estimate_jaccard, pair_estimates, pair_jaccard
+from stages.minhash import MinHasher, estimate_jaccard, pair_estimates, pair_jaccard, sort_sets
 from stages.shingles import batch_shingles, shingle_hashes
 
 __all__ = ["MinHasher", "NearDedup", "NearDedupOptions", "estimate_jaccard", "shingle_hashes"]
@@ -61,6 +66,7 @@ INPUTS_PER_PARTITION = 4  # signature tasks per cluster partition: small runs cl
 BAND_ROW_GROUP = 65_536
 BAND_SCHEMA = pa.schema([("key", pa.uint64()), ("sig", pa.uint64()), ("order", pa.uint64()), ("uid", pa.int64())])
 PAIR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("same", pa.bool_())])
+FOREST_SCHEMA = pa.schema([("uid", pa.int64()), ("root", pa.int64())])
 OTHER_LICENSE = "other"  # an aggregated repository license that ranks after permissive and no_license
 
 
@@ -381,18 +387,42 @@ def node_columns(unit_file: Path) -> list[str]:
     return ["uid", "minhash", "shingles", "tokens", *keep_columns(schema)]
 
 
+class PairSimilarity:
+    """Whether pairs of units (rows of `nodes`) reach the threshold.
+
+    A pair whose signature estimate is within 2.5 / sqrt(num_perm) (5 standard deviations at J = 0.5)
+    of the threshold is decided by exact Jaccard on the stored shingle sets; farther away, or for units
+    too large to have a stored set, the estimate decides."""
+
+    def __init__(self, nodes: pa.Table, options: NearDedupOptions):
+        self.threshold, self.margin = options.threshold, 2.5 / sqrt(options.num_perm)
+        self.signatures = signature_matrix(nodes["minhash"], options.num_perm)
+        shingles = nodes["shingles"].combine_chunks()
+        self.offsets = shingles.offsets.to_numpy()
+        self.sets = sort_sets(shingles.values.to_numpy(), self.offsets)
+        self.checked = self.exact_checks = 0
+
+    def accept(self, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
+        estimate = pair_estimates(self.signatures, ia, ib)
+        accepted = estimate >= self.threshold
+        near = np.flatnonzero(np.abs(estimate - self.threshold) < self.margin)
+        jaccard = pair_jaccard(self.sets, self.offsets, ia[near], ib[near], presorted=True)
+        exact = ~np.isnan(jaccard)
+        accepted[near[exact]] = jaccard[exact] >= self.threshold
+        self.checked += len(ia)
+        self.exact_checks += int(exact.sum())
+        return accepted
+
+
 class VerifyPairs(NearDedupPhase):
     """One unit partition (the pairs' second units): keep the pairs whose Jaccard similarity reaches the
-    threshold and reduce them to a forest: each node with the smallest node of its local component.
-
-    A pair whose signature estimate is within `margin` (5 standard deviations at J = 0.5) of the
-    threshold is decided by exact Jaccard on the stored shingle sets; farther away, or for units too
-    large to have a stored set, the estimate decides."""
+    threshold (`PairSimilarity`). Writes the accepted pairs (edges), their units (signatures and shingle
+    sets, for the clusters' own checks) and a forest: each node with the smallest node of its local
+    component."""
 
     phase = "verify"
 
     def process(self, partition: int) -> None:
-        opts = self.options
         pairs = pa.concat_tables([read_table_checked(self.path("attach", "pairs", q, partition))
                                   for q in range(self.partitions)])
         firsts = pa.concat_tables([read_table_checked(self.path("attach", "nodes", q, partition))
@@ -404,52 +434,78 @@ class VerifyPairs(NearDedupPhase):
         ia, ib = np.searchsorted(uids, a), np.searchsorted(uids, b)
         accepted = same.copy()
         check = np.flatnonzero(~same)
-        estimate = pair_estimates(signature_matrix(nodes["minhash"], opts.num_perm), ia[check], ib[check])
-        accepted[check] = estimate >= opts.threshold
-        near = check[np.abs(estimate - opts.threshold) < 2.5 / sqrt(opts.num_perm)]
-        shingles = nodes["shingles"].combine_chunks()
-        jaccard = pair_jaccard(shingles.values.to_numpy(), shingles.offsets.to_numpy(), ia[near], ib[near])
-        exact = ~np.isnan(jaccard)
-        accepted[near[exact]] = jaccard[exact] >= opts.threshold
-        exact = int(exact.sum())
-        self.details(verified_pairs=len(check), exact_checks=exact, accepted_pairs=int(accepted[check].sum()))
+        similarity = PairSimilarity(nodes, self.options)
+        accepted[check] = similarity.accept(ia[check], ib[check])
+        self.details(verified_pairs=len(check), exact_checks=similarity.exact_checks,
+                     accepted_pairs=int(accepted[check].sum()))
         node, root = connected_components(a[accepted], b[accepted])
-        keep = nodes.take(pa.array(np.searchsorted(uids, node))).drop_columns(["minhash", "shingles"])
-        write_table_atomic(keep.append_column("root", pa.array(root, pa.int64())), self.path("verify", partition))
+        write_table_atomic(pa.table({"uid": node, "root": root}, schema=FOREST_SCHEMA),
+                           self.path("verify", "forest", partition))
+        write_table_atomic(pa.table({"a": a[accepted], "b": b[accepted], "same": same[accepted]}, schema=PAIR_SCHEMA),
+                           self.path("verify", "edges", partition))
+        write_table_atomic(nodes.take(pa.array(np.searchsorted(uids, node))), self.path("verify", "nodes", partition))
+
+
+class MergeComponents(NearDedupPhase):
+    """The forests merged into connected components: which units may cluster together (ids only)."""
+
+    phase = "components"
+
+    def process(self, partition: int) -> None:
+        forests = pa.concat_tables([read_table_checked(self.path("verify", "forest", q))
+                                    for q in range(self.partitions)])
+        node, component = connected_components(forests["uid"].to_numpy(), forests["root"].to_numpy())
+        write_table_atomic(pa.table({"uid": node, "root": component}, schema=FOREST_SCHEMA),
+                           self.path("components", "all"))
 
 
 class ClusterDuplicates(NearDedupPhase):
-    """The merge: local forests -> connected components -> the keep rule's best unit per component."""
+    """One partition of the components: clusters inside them (`star_clusters` with `PairSimilarity`),
+    in which every member is similar to most of its cluster's core; the keep rule's best of each cluster
+    stays."""
 
     phase = "dups"
 
     def process(self, partition: int) -> None:
-        forests = pa.concat_tables([read_table_checked(self.path("verify", q)) for q in range(self.partitions)])
-        node, component = connected_components(forests["uid"].to_numpy(), forests["root"].to_numpy())
-        nodes = forests.sort_by("uid")
+        components = read_table_checked(self.path("components", "all"))
+        mine = spread(components["root"].to_numpy(), self.partitions) == partition
+        wanted = pa.array(components["uid"].to_numpy()[mine])
+        edges = pa.concat_tables([t.filter(pc.is_in(t["a"], value_set=wanted)) for t in (
+            read_table_checked(self.path("verify", "edges", q)) for q in range(self.partitions))])
+        nodes = pa.concat_tables([t.filter(pc.is_in(t["uid"], value_set=wanted)) for t in (
+            read_table_checked(self.path("verify", "nodes", q)) for q in range(self.partitions))]).sort_by("uid")
         uids = nodes["uid"].to_numpy()
-        nodes = nodes.take(pa.array(np.searchsorted(uids, node))).drop_columns(["root"])
+        first = np.r_[True, uids[1:] != uids[:-1]] if len(uids) else np.zeros(0, bool)
+        nodes, uids = nodes.filter(pa.array(first)), uids[first]  # a unit verified in several partitions
+        similarity = PairSimilarity(nodes, self.options)
+        rank = np.empty(nodes.num_rows, np.int64)
+        rank[keep_order(nodes).to_numpy()] = np.arange(nodes.num_rows)
+        seed = star_clusters(rank, np.searchsorted(uids, edges["a"].to_numpy()),
+                             np.searchsorted(uids, edges["b"].to_numpy()), edges["same"].to_numpy(),
+                             lambda node, others: similarity.accept(np.full(len(others), node), others))
+        nodes = nodes.drop_columns(["minhash", "shingles"])
         if self.options.level == "file":
-            dups, removed = self.file_duplicates(nodes, component)
+            dups, removed = self.file_duplicates(nodes, seed)
         else:
-            dups, removed = self.repo_duplicates(nodes, component)
-        self.details(clusters=len(sorted_unique(component)), tokens_removed=removed)
-        write_table_atomic(dups, dups_path(self.workdir, 0))
+            dups, removed = self.repo_duplicates(nodes, seed)
+        self.details(clusters=len(sorted_unique(seed[seed != np.arange(len(seed))])),
+                     cluster_checks=similarity.checked, tokens_removed=removed)
+        write_table_atomic(dups, dups_path(self.workdir, partition))
 
-    def file_duplicates(self, nodes: pa.Table, component: np.ndarray) -> tuple[pa.Table, int]:
+    def file_duplicates(self, nodes: pa.Table, cluster: np.ndarray) -> tuple[pa.Table, int]:
         uid = nodes["uid"].to_numpy()
         table = nodes.append_column("src_rank", pa.array((uid >> RANK_BITS).astype(np.int32))) \
                      .append_column("idx", pa.array(uid & ((1 << RANK_BITS) - 1)))
-        dups, _ = duplicates_table(table, component)
+        dups, _ = duplicates_table(table, cluster)
         removed = pc.is_in(table["uid"], value_set=pa.array(
             (dups["src_rank"].to_numpy().astype(np.int64) << RANK_BITS) | dups["idx"].to_numpy()))
         return dups, int(pc.sum(table["tokens"].filter(removed)).as_py() or 0)
 
-    def repo_duplicates(self, nodes: pa.Table, component: np.ndarray) -> tuple[pa.Table, int]:
+    def repo_duplicates(self, nodes: pa.Table, cluster: np.ndarray) -> tuple[pa.Table, int]:
         """Removed repositories -> all their files, read from the signature files of their partitions."""
         table = nodes.append_column("src_rank", pa.array(np.zeros(nodes.num_rows, np.int32))) \
                      .append_column("idx", nodes["uid"])
-        repo_dups, _ = duplicates_table(table, component)
+        repo_dups, _ = duplicates_table(table, cluster)
         repo_of = dict(zip(nodes["uid"].to_pylist(), nodes["repo_name"].to_pylist(), strict=True))
         kept_of = {repo_of[uid]: kept for uid, kept in zip(repo_dups["idx"].to_pylist(),
                                                            repo_dups["kept_repo_name"].to_pylist(), strict=True)}
@@ -491,4 +547,5 @@ class NearDedup(GlobalStage):
         args = (self.name, self.options, workdir, ranks, partitions)
         phases = [("repos", RepoUnits(*args), partitions)] if self.options.level == "repo" else []
         return phases + [("pairs", CandidatePairs(*args), partitions), ("attach", AttachUnits(*args), partitions),
-                         ("verify", VerifyPairs(*args), partitions), ("dups", ClusterDuplicates(*args), 1)]
+                         ("verify", VerifyPairs(*args), partitions), ("components", MergeComponents(*args), 1),
+                         ("dups", ClusterDuplicates(*args), partitions)]

@@ -17,7 +17,7 @@ from conftest import read_dir, run_cli, stdlib_rows, write_config, write_parquet
 
 from pipeline.config import load_config
 from pipeline.errors import UserError
-from stages.lsh import bucket_pairs, candidate_probability, choose_bands, connected_components
+from stages.lsh import bucket_pairs, candidate_probability, choose_bands, connected_components, star_clusters
 from stages.minhash import pair_jaccard
 from stages.near_dedup import MinHasher, estimate_jaccard, shingle_hashes
 from stages.shingles import batch_shingles
@@ -124,6 +124,24 @@ def test_connected_components_match_union_find():
     for x in nodes:
         groups.setdefault(find(x), []).append(x)
     assert {x: c for x, c in zip(nodes, comp, strict=True)} == {x: min(g) for g in groups.values() for x in g}
+
+
+def test_star_clusters_split_chains_and_reach_identical_copies():
+    def similar_to(pairs):
+        pairs = {frozenset(p) for p in pairs}
+        return lambda c, others: np.array([frozenset((c, int(x))) in pairs for x in others], bool)
+
+    no = np.zeros(2, bool)
+    chain = similar_to([(0, 1), (1, 2)])  # 0 ~ 1 ~ 2, 0 !~ 2: never one cluster, whatever the keep rank
+    for rank in ([0, 1, 2], [2, 1, 0], [1, 0, 2]):
+        seed = star_clusters(np.array(rank), np.array([0, 1]), np.array([1, 2]), no, chain)
+        assert len(set(seed.tolist())) == 2 and seed[1] in (seed[0], seed[2])
+    # 1..3 have identical signatures: a bucket pairs them with 1 only (`same`); 0 and 4 are similar to
+    # all four but have an edge to 1 only. One cluster, its seed one of the most connected.
+    copies = similar_to([(x, y) for x in range(5) for y in range(x + 1, 5)])
+    seed = star_clusters(np.arange(5), np.array([1, 1, 0, 1]), np.array([2, 3, 1, 4]),
+                         np.array([True, True, False, False]), copies)
+    assert len(set(seed.tolist())) == 1
 
 
 def test_banding_options_are_validated(tmp_path):
@@ -296,3 +314,31 @@ def test_repo_level_removes_forked_repositories_whole(tmp_path):
     stats = {s["name"]: s for s in json.loads((out / "stats.json").read_text())["stages"]}
     assert stats["near_dedup"]["details"]["repos"] >= len(by_repo) + 3
     assert stats["near_dedup"]["details"]["tokens_removed"] > 0
+
+
+def test_a_chain_of_near_duplicates_is_not_one_cluster(tmp_path):
+    """A ~ B ~ C with A !~ C (edits at both ends of a real file): connected components would remove C
+    as a duplicate of A; here B goes as a duplicate of A (the keep rule's best) and C stays."""
+    rows = stdlib_rows(300, skip=900)
+    base = next(r for r in rows if 8000 < len(r["content"]) < 30000)
+    donors = [r["content"].splitlines() for r in rows if len(r["content"]) > 8000 and r is not base]
+    lines = base["content"].splitlines()
+    k = len(lines) // 9
+    texts = {"a": lines, "b": donors[0][:k] + lines[k:], "c": donors[0][:k] + lines[k:-k] + donors[1][-k:]}
+    chain = [dict(base, repo_name=f"chain/{name}", content="\n".join(text), star_events_count=stars)
+             for (name, text), stars in zip(texts.items(), (300, 200, 100), strict=True)]
+    a, b, c = (r["content"] for r in chain)
+    assert jaccard(a, b) >= 0.72 and jaccard(b, c) >= 0.72 and jaccard(a, c) <= 0.68
+    write_parquet(tmp_path / "in" / "a.parquet", rows + chain, row_group_size=50)
+    cfg = write_config(tmp_path / "c.yaml", [{"near_dedup": {"level": "file", "threshold": 0.7}}],
+                       [str(tmp_path / "in")], executor={"workers": 2, "task_bytes": 1_000_000})
+    result = run_cli("run", str(cfg), "--quiet")
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    assert run_cli("verify", str(out)).returncode == 0
+    data, removed = read_dir(out / "data"), read_dir(out / "removed" / "near_dedup")
+    kept = {r["repo_name"]: r for r in data.select(["repo_name", "path", "blob_id"]).to_pylist()}
+    gone = {r["repo_name"]: r for r in removed.to_pylist()} if removed is not None else {}
+    assert "chain/a" in kept and "chain/c" in kept
+    assert gone["chain/b"]["removal_reason"] == f"duplicate_of:{kept['chain/a']['blob_id']}"
+    assert (gone["chain/b"]["kept_repo_name"], gone["chain/b"]["kept_path"]) == ("chain/a", base["path"])
