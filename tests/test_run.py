@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from conftest import read_dir, run_cli, stdlib_rows, write_config, write_parquet
 
+from pipeline.io.readers import content_digest, value_sha256
 from pipeline.records import CodeDocument, doc_bytes, git_blob_sha1, text_sha256
 
 
@@ -97,6 +98,16 @@ def test_exact_dedup_compares_decoded_text(tmp_path):
     ids = pq.read_table(out / "input_ids.parquet").to_pylist()
     assert {r["content_sha256"] for r in ids} == {hashlib.sha256(text.encode(enc)).hexdigest()
                                                   for enc in ("latin-1", "utf-8")}
+
+
+def test_arrow_value_digests_match_content_digest():
+    """The reader hashes table values in their Arrow buffers; input_ids must not depend on that."""
+    arrays = [pa.array(["abc", None, "é\n", ""], pa.string()),
+              pa.array(["x", "abc", None, "é"], pa.large_string()).slice(1),
+              pa.array([b"\xff\xfe", b"x", None], pa.binary()), pa.array([b"a" * 70_000, b""], pa.large_binary())]
+    for values in arrays:
+        digests = [d and d.hex() for d in value_sha256(values)]
+        assert digests == [content_digest(v) for v in values.to_pylist()]
 
 
 def test_text_digest_follows_rewrites():

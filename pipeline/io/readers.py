@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datatrove.data import DocumentsPipeline
@@ -65,13 +66,14 @@ class InputReader(PipelineStep):
         for i in self.tasks[rank] if rank < len(self.tasks) else []:
             unit = self.units[i]
             for row, raw in self._source_rows(unit) if unit.kind == "source" else self._table_rows(unit):
+                digest = row.pop("_sha256", None)  # hashed in the Arrow buffer, if the row came from a table
                 doc, fault = self._record(row, raw)
                 if unit.kind != "source":  # source progress counts bytes on disk, binaries included
                     self.progress.add(1, len(raw) if isinstance(raw, bytes) else doc.nbytes)
                 utf8 = isinstance(raw, str) or _is_utf8(doc.metadata.get("src_encoding"))
                 if doc.text is not None and utf8 and not self.replaying:
-                    doc.sha256 = hashlib.sha256(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-                                                ).digest()
+                    doc.sha256 = digest or hashlib.sha256(
+                        raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw).digest()
                 yield raw, doc, fault
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
@@ -148,10 +150,15 @@ class InputReader(PipelineStep):
                 table = pq.ParquetFile(f).read_row_group(unit.row_group)
             batches = table.slice(0, unit.max_rows).to_batches(BATCH_ROWS)
         for batch in batches:
-            for row in batch.to_pylist():
+            hashes = None
+            if not self.replaying and CONTENT in batch.schema.names:
+                hashes = value_sha256(batch.column(CONTENT))
+            for i, row in enumerate(batch.to_pylist()):
                 raw = row.pop(CONTENT, None)
                 if raw is None and self.content_from and row.get("blob_id"):
                     raw = self._fetch(row)
+                elif hashes is not None and raw is not None:
+                    row["_sha256"] = hashes[i]
                 yield row, raw
 
     def _fetch(self, row: dict) -> bytes | None:
@@ -193,6 +200,18 @@ def _measure(raw: str | bytes | None) -> tuple[int, bytes | None]:
         return 0, None
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     return len(data), hashlib.sha256(data).digest()
+
+
+def value_sha256(values: pa.Array) -> list[bytes | None]:
+    """SHA-256 of each value of a string/binary array, hashed in place in its Arrow buffer (what
+    `content_digest` gives for the value as read, without making and encoding a Python string)."""
+    buffers = values.buffers()
+    width = np.int64 if pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type) else np.int32
+    offsets = np.frombuffer(buffers[1], width)[values.offset:values.offset + len(values) + 1].tolist()
+    data = memoryview(buffers[2]) if buffers[2] is not None else memoryview(b"")
+    valid = values.is_valid().to_pylist() if values.null_count else [True] * len(values)
+    return [hashlib.sha256(data[offsets[i]:offsets[i + 1]]).digest() if valid[i] else None
+            for i in range(len(values))]
 
 
 def content_digest(raw: str | bytes | None) -> str | None:
