@@ -36,11 +36,17 @@ def _run(args) -> int:
             if value is not None:
                 executor["kind" if key == "executor" else key] = value
         config.executor = ExecutorConfig(**executor)
+        # the workers' imports run while this process validates the stages and imports the runner
+        kinds = [next(iter(s)) for s in config.stages if isinstance(s, dict) and len(s) == 1]
         if config.executor.kind == "local" and config.executor.workers > 1:
             from pipeline.executors.pool import start_forkserver
 
-            # the workers' imports run while this process validates the stages and imports the runner
-            start_forkserver([next(iter(s)) for s in config.stages if isinstance(s, dict) and len(s) == 1])
+            start_forkserver(kinds)
+        elif config.executor.kind == "dask" and not config.executor.scheduler:
+            with contextlib.suppress(ImportError):  # without the dask extra, connect() says so
+                from pipeline.executors.dask import start_cluster_forkserver
+
+                start_cluster_forkserver(kinds)
 
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite exclude each other")

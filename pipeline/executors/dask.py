@@ -19,8 +19,34 @@ RETRIES = 2  # a task may run 1 + RETRIES times (e.g. after its worker was kille
 # For the LocalCluster we start: tasks keep nothing in Dask's memory and nobody reads the dashboard's
 # profile, while sampling stacks every 10 ms and checking memory every 100 ms cost a CPU-bound task
 # 5-8% of its time (the same quality_filters batches: 0.38 s of thread CPU in a plain process, 0.40-0.42
-# in a default Dask worker, 0.38 with these settings).
-LOCAL_CLUSTER_CONFIG = {"distributed.worker.profile.enabled": False, "distributed.worker.memory.monitor-interval": "1s"}
+# in a default Dask worker, 0.38 with these settings); event-loop ticks every 20 ms and system samples
+# every 0.5 s in the scheduler, nannies and client cost this process ~2 CPU-s per 90 s run. Its workers
+# fork from a forkserver (`start_cluster_forkserver`) instead of each spawned process importing it all.
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.tick.interval": "500ms",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.multiprocessing-method": "forkserver",
+}
+
+
+def start_cluster_forkserver(stage_kinds: list[str]) -> None:
+    """Before a LocalCluster is made: start the forkserver its worker processes will fork from, with
+    distributed and what tasks of these stages need imported once there (as the local executor's
+    pool does), while the caller goes on validating the config. Must run before distributed starts a
+    process (it then finds this server running)."""
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    import dask
+
+    from pipeline.executors.pool import worker_modules
+
+    dask.config.set(LOCAL_CLUSTER_CONFIG)  # nannies also pass it on to the worker processes they start
+    multiprocessing.get_context("forkserver").set_forkserver_preload(
+        ["distributed", "pipeline.executors.dask", *worker_modules(stage_kinds)])
+    forkserver.ensure_running()
 
 
 def connect(scheduler: str | None, workers: int, timeout: float = 10):
@@ -37,7 +63,7 @@ def connect(scheduler: str | None, workers: int, timeout: float = 10):
             raise UserError(f"--scheduler {scheduler}: Dask scheduler unreachable ({type(e).__name__})") from None
     import dask
 
-    dask.config.set(LOCAL_CLUSTER_CONFIG)  # nannies pass the config on to the worker processes they start
+    dask.config.set(LOCAL_CLUSTER_CONFIG)
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
     return Client(cluster), cluster
 

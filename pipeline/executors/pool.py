@@ -23,13 +23,17 @@ def die_with_parent() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the main process
 
 
+def worker_modules(stage_kinds: list[str]) -> list[str]:
+    """What tasks of these stages import (unknown kinds are left to the config check)."""
+    from stages import MODULES, module_of
+
+    return [*WORKER_MODULES, *dict.fromkeys(module_of(k) for k in stage_kinds if k in MODULES)]
+
+
 def start_forkserver(stage_kinds: list[str]) -> None:
     """Start the forkserver (once per process): it imports what tasks of these stages need while the
     caller goes on. Workers forked from it start ready to run."""
-    from stages import MODULES, module_of
-
-    stage_modules = dict.fromkeys(module_of(k) for k in stage_kinds if k in MODULES)
-    multiprocess.get_context("forkserver").set_forkserver_preload([*WORKER_MODULES, *stage_modules])
+    multiprocess.get_context("forkserver").set_forkserver_preload(worker_modules(stage_kinds))
     forkserver.ensure_running()
 
 
