@@ -34,16 +34,13 @@ LOCAL_CLUSTER_CONFIG = {
 def start_cluster_forkserver(stage_kinds: list[str]) -> None:
     """Before a LocalCluster is made: start the forkserver its worker processes will fork from, with
     distributed and what tasks of these stages need imported once there (as the local executor's
-    pool does), while the caller goes on validating the config. Must run before distributed starts a
-    process (it then finds this server running)."""
+    pool does), while the caller goes on validating the config. `connect` then makes distributed use
+    forkserver processes (LOCAL_CLUSTER_CONFIG), and it finds this server running."""
     import multiprocessing
     from multiprocessing import forkserver
 
-    import dask
-
     from pipeline.executors.pool import worker_modules
 
-    dask.config.set(LOCAL_CLUSTER_CONFIG)  # nannies also pass it on to the worker processes they start
     multiprocessing.get_context("forkserver").set_forkserver_preload(
         ["distributed", "pipeline.executors.dask", *worker_modules(stage_kinds)])
     forkserver.ensure_running()
@@ -63,7 +60,7 @@ def connect(scheduler: str | None, workers: int, timeout: float = 10):
             raise UserError(f"--scheduler {scheduler}: Dask scheduler unreachable ({type(e).__name__})") from None
     import dask
 
-    dask.config.set(LOCAL_CLUSTER_CONFIG)
+    dask.config.set(LOCAL_CLUSTER_CONFIG)  # nannies pass it on to the worker processes they start
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
     return Client(cluster), cluster
 

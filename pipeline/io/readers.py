@@ -70,8 +70,8 @@ class InputReader(PipelineStep):
                 doc, fault = self._record(row, raw)
                 if unit.kind != "source":  # source progress counts bytes on disk, binaries included
                     self.progress.add(1, len(raw) if isinstance(raw, bytes) else doc.nbytes)
-                utf8 = isinstance(raw, str) or _is_utf8(doc.metadata.get("src_encoding"))
-                if doc.text is not None and utf8 and not self.replaying:
+                if doc.text is not None and not self.replaying and (
+                        isinstance(raw, str) or _is_utf8(doc.metadata.get("src_encoding"))):
                     doc.sha256 = digest or hashlib.sha256(
                         raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw).digest()
                 yield raw, doc, fault
