@@ -11,7 +11,7 @@ from datatrove.utils.batching import batched
 
 from pipeline.config import StageOptions
 from pipeline.io.files import read_table_checked, write_table_atomic
-from pipeline.records import KEEP_FIELDS, doc_bytes, duplicate_reason, keep_order
+from pipeline.records import KEEP_FIELDS, doc_bytes, duplicate_reason, keep_rank
 from pipeline.step import CodeStage, StageCounters
 
 DUPS_SCHEMA = pa.schema([
@@ -92,9 +92,7 @@ def duplicates_table(table: pa.Table, group: np.ndarray) -> tuple[pa.Table, int]
     """
     if table.num_rows == 0:
         return DUPS_SCHEMA.empty_table(), 0
-    rank = np.empty(table.num_rows, np.int64)
-    rank[keep_order(table).to_numpy()] = np.arange(table.num_rows)
-    order = np.lexsort((rank, group))
+    order = np.lexsort((keep_rank(table), group))
     g = group[order]
     first = np.r_[True, g[1:] != g[:-1]]
     starts = np.flatnonzero(first)

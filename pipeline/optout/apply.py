@@ -34,7 +34,7 @@ from pipeline.io.files import write_json_atomic
 from pipeline.optout.originals import Originals
 from pipeline.optout.replay import CLUSTERS, Catalog, Move, Ref, Replay
 from pipeline.records import CONTENT, KEEP_FIELDS, REMOVAL_KEYS
-from pipeline.runner import REMOVAL_COLUMNS, config_fingerprint
+from pipeline.runner import CLUSTERS_DIR, REMOVAL_COLUMNS, config_fingerprint
 from pipeline.stats import COUNTS, totals
 
 SHARD_NAME = re.compile(r"(\d{5})_(\d{3})\.parquet")
@@ -95,6 +95,11 @@ class OldRelease:
         for j in range(self.k + 1, n):
             folder = path / "removed" / self.names[j]
             self.shards += [Shard(p, f"removed/{self.names[j]}/{p.name}", j) for p in sorted(folder.glob("*.parquet"))]
+
+    def units(self, pos: int) -> pa.Table | None:
+        """The components' units stage `pos` published (`clusters/<stage>/`); None: it published none."""
+        files = sorted((self.path / CLUSTERS_DIR / self.names[pos]).glob("*.parquet"))
+        return pa.concat_tables([pq.read_table(f) for f in files]) if files else None
 
     @property
     def optouts(self):
@@ -199,7 +204,8 @@ class ReleaseWriter:
             for part in pool.map(lambda i: self.rewrite(shards[i], i, moves[i], updates[i]), touched):
                 sizes.update(part)
         self.counts["rewritten"] = len(touched)
-        self.link_the_rest(set(touched))
+        self.link_the_rest(set(touched), {self.old.names[j] for j in replay.clusters})
+        self.write_clusters(replay)
         made = defaultdict(list, {(self.pos_of[folder], task): rows
                                   for (folder, task), rows in replay.new_rows.items()})
         for arrival in replay.arrivals:
@@ -306,21 +312,33 @@ class ReleaseWriter:
                                              schema=_drop(self.schemas[pos], REMOVAL_KEYS))
             yield self.removed_rows(originals, [moves[rows[i]] for i in rebuilt], pos)
 
-    def link_the_rest(self, touched: set[int]) -> None:
-        """Hard-link the shards left as they were, the removed/ folders up to opt_out, the input ids
-        and the logs (not the card, its plots or caches: they are made anew or rebuilt on use)."""
+    def link_the_rest(self, touched: set[int], reclustered: set[str]) -> None:
+        """Hard-link the shards left as they were, the removed/ folders up to opt_out, the units of
+        the stages that clustered nothing again, the input ids and the logs (not the card, its plots
+        or caches: they are made anew or rebuilt on use)."""
         for i, shard in enumerate(self.old.shards):
             if i not in touched:
                 self.link(shard.path, shard.rel)
                 self.counts["linked"] += 1
-        replayed = {s.rel for s in self.old.shards}
+        replayed = {s.rel for s in self.old.shards} | {f"{CLUSTERS_DIR}/{name}" for name in reclustered}
+        kept = ("logs/", "removed/", f"{CLUSTERS_DIR}/")
         for path in sorted(self.old.path.rglob("*")):
             rel = path.relative_to(self.old.path).as_posix()
-            if rel not in replayed and (rel == "input_ids.parquet" or rel.startswith(("logs/", "removed/"))):
+            if rel not in replayed and rel.rsplit("/", 1)[0] not in replayed and \
+                    (rel == "input_ids.parquet" or rel.startswith(kept)):
                 if path.is_dir():
                     (self.tmp / rel).mkdir(parents=True, exist_ok=True)
                 else:
                     self.link(path, rel)
+
+    def write_clusters(self, replay: Replay) -> None:
+        """The units of the components a near-dedup stage clustered again replace the old ones."""
+        for j, (touched, units) in sorted(replay.clusters.items()):
+            old = self.old.units(j)
+            others = old.filter(pc.invert(pc.is_in(old["component"], value_set=pa.array(sorted(touched), pa.int64()))))
+            path = self.tmp / CLUSTERS_DIR / self.old.names[j] / "000.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.concat_tables([others, units]).sort_by("uid"), path, compression="zstd")
 
     def link(self, src: Path, rel: str) -> None:
         dst = self.tmp / rel
@@ -373,7 +391,8 @@ def plan(old: OldRelease) -> Replay:
     optouts = old.optouts
     hits = optouts.mask(table["repo_name"]) if len(optouts) and table.num_rows else pa.array([], pa.bool_())
     names = pc.unique(table["repo_name"].filter(hits)).to_pylist() if len(hits) else []
-    replay = Replay(old.stages, old.k, Catalog(table), lambda refs: fetch_rows(shards, refs), lambda f: shards[f].task)
+    replay = Replay(old.stages, old.k, Catalog(table), lambda refs: fetch_rows(shards, refs), lambda f: shards[f].task,
+                    old.units)
     replay.opt_out({name: optouts.reason(name) for name in names})
     replay.run()
     return replay

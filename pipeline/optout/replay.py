@@ -24,6 +24,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datatrove.data import Document
@@ -105,9 +106,7 @@ class Catalog:
 
     def __init__(self, table: pa.Table):
         self.table = table.combine_chunks()  # one chunk: many small `take`s stay cheap
-        keys = pc.binary_join_element_wise(*[pc.cast(table[c], pa.string()) for c in ("repo_name", "path", "blob_id")],
-                                           "\0")
-        self.keys = keys.to_pylist()
+        self.keys = _keys(table).to_pylist()
         self._index: dict[str, dict] = {}
 
     def rows(self, indices: list[int]) -> list[dict]:
@@ -143,10 +142,12 @@ class Replay:
     """
 
     def __init__(self, stages: list, k: int, catalog: Catalog, fetch: Callable[[list[Ref]], list[dict]],
-                 task_of: Callable[[int], int]):
+                 task_of: Callable[[int], int], units_of: Callable[[int], pa.Table | None] = lambda j: None):
         self.stages, self.k, self.n = stages, k, len(stages)
         self.names = [s.name for s in stages]
-        self.catalog, self.fetch, self.task_of = catalog, fetch, task_of
+        self.catalog, self.fetch, self.task_of, self.units_of = catalog, fetch, task_of, units_of
+        # stage -> (components clustered again, their units now): the release's new clusters/<stage>/
+        self.clusters: dict[int, tuple[set[int], pa.Table]] = {}
         self.keep_schema = catalog.keep_schema()
         self.moves: dict[Ref, Move | None] = {}
         self.updates: dict[Ref, dict] = {}
@@ -224,6 +225,10 @@ class Replay:
 
     # -- dedup stages -----------------------------------------------------------------------------
     def _dedup_stage(self, j: int, arrivals: list[Arrival]) -> None:
+        units = self.units_of(j)
+        if units is not None:
+            self._recluster_stage(j, arrivals, units)
+            return
         members = self.catalog.at(j)  # removed/<stage j>/: the duplicates and who they lost to
         repo_level = getattr(self.stages[j].options, "level", "file") == "repo"  # SPEC: near_dedup {level: repo}
         clusters: dict[str, list[dict]] = defaultdict(list)
@@ -249,6 +254,10 @@ class Replay:
         promoted = []
         for cluster in sorted((touched & set(clusters)) | set(joining)):
             promoted += self._rerank(j, cluster, clusters.get(cluster, []), joining.get(cluster, []), repo_level)
+        self._promote(j, promoted)
+
+    def _promote(self, j: int, promoted: list[dict]) -> None:
+        """Members of removed/<stage j>/ that are kept now: they travel on as arrivals."""
         refs = [_ref(c) for c in promoted]
         for ref, c, row in zip(refs, promoted, self.fetch(refs) if refs else [], strict=True):
             self.moves[ref] = None
@@ -256,6 +265,94 @@ class Replay:
             self.deltas[j].details[reason_group(c["removal_reason"])] -= 1
             self.deltas[j].counts["records_removed"] -= 1
             self._pass(j, Arrival({k: v for k, v in row.items() if k not in REMOVAL_KEYS}, self.task_of(ref.file)))
+
+    def _recluster_stage(self, j: int, arrivals: list[Arrival], units: pa.Table) -> None:
+        """A near-dedup stage that published its components' units (`clusters/<stage>/`): the
+        components that lose units or gain arrivals are clustered again (`recluster`) from the units'
+        signatures and shingle sets, as a re-run clusters them.
+
+        File level: an arrival has the content of an old input of the stage (its twin, by blob_id),
+        hence the twin's near-duplicates: it joins the twin's component, or pairs with a twin that had
+        none. Repository level: an arrival follows its repository's unit (not aggregated again)."""
+        from stages.near_dedup import file_units, recluster
+
+        options = self.stages[j].options
+        repo_level = options.level == "repo"
+        keys = units["repo_name"].to_pylist() if repo_level else _keys(units).to_pylist()
+        component_of = dict(zip(keys, units["component"].to_pylist(), strict=True))
+        touched = {component_of[k] for lv in self.leaving.values() if lv.removed_at < j <= lv.old_pos
+                   and (k := lv.key.split("\0", 1)[0] if repo_level else lv.key) in component_of}
+        joining: dict[str, list[Arrival]] = defaultdict(list)  # repository -> its arriving files
+        extra: list[tuple[dict, Arrival | None, list[dict]]] = []  # new units: (unit, arrival, old rows)
+        twinned: set[str] = set()
+        made = file_units([a.row for a in arrivals], options).to_pylist() if arrivals and not repo_level else []
+        for i, arrival in enumerate(arrivals):
+            if repo_level:
+                key = arrival.row.get("repo_name")
+                if key in component_of:
+                    touched.add(component_of[key])
+                    joining[key].append(arrival)
+                    continue
+                known = bool(self.catalog.where("repo_name", key))
+            else:
+                twins = [r for r in self.catalog.where("blob_id", arrival.row.get("blob_id")) if r["_loc"] >= j]
+                known = bool(twins)
+                if twins and made[i]["tokens"] >= options.ngram_size:
+                    extra.append((dict(made[i], uid=-1), arrival, []))
+                    in_component = [component_of[r["_key"]] for r in twins if r["_key"] in component_of]
+                    touched.update(in_component)
+                    if not in_component:  # twins with no near-duplicate: they pair with the arrival
+                        for twin in twins:
+                            if twin["_key"] not in twinned and _ref(twin) not in self.leaving:
+                                twinned.add(twin["_key"])
+                                extra.append(({**made[i], **{f: twin.get(f) for f in KEEP_FIELDS}, "uid": -1}, None,
+                                              [twin]))
+                    continue
+            if not known:
+                self.unchecked[self.names[j]] += 1
+            self._pass(j, arrival)
+        if not touched and not extra:
+            return
+        # the touched components' units still reaching the stage, then the new ones
+        in_touched = pc.is_in(units["component"], value_set=pa.array(sorted(touched), pa.int64())).to_pylist()
+        old_keys = [k for k, t in zip(keys, in_touched, strict=True) if t]
+        old_rows = [self.catalog.where("repo_name" if repo_level else "_key", k) for k in old_keys]
+        old_clusters = {(r["kept_repo_name"], r["kept_path"], r["removal_reason"])
+                        for rows in old_rows for r in rows if r["_loc"] == j}
+        rows_of = [[r for r in rows if r["_loc"] >= j and _ref(r) not in self.leaving] for rows in old_rows]
+        stay = [bool(rows) for rows in rows_of]
+        for key, rows in zip(old_keys, rows_of, strict=True):
+            if not rows:  # a repository none of whose files reach the stage: its arrivals are alone
+                for arrival in joining.pop(key, []):
+                    self._pass(j, arrival)
+        old = units.filter(pa.array(in_touched)).filter(pa.array(stay, pa.bool_())).drop_columns(["component"])
+        new = pa.Table.from_pylist([u for u, _, _ in extra], schema=old.schema)
+        nodes = pa.concat_tables([old, new])
+        component, kept = recluster(nodes, options)
+        rows_of = [rows for rows in rows_of if rows] + [rows for _, _, rows in extra]
+        arrivals_of = [joining.get(k, []) for k, t in zip(old_keys, stay, strict=True) if t] + \
+                      [[a] if a else [] for _, a, _ in extra]
+        removed = kept != np.arange(len(kept))
+        self.deltas[j].details[CLUSTERS] += len(set(kept[removed].tolist())) - len(old_clusters)
+        heads = nodes.select(["repo_name", "path", "blob_id"]).to_pylist()
+        promoted = []
+        for i, (rows, joined) in enumerate(zip(rows_of, arrivals_of, strict=True)):
+            head = heads[kept[i]]
+            reason = duplicate_repo_reason(head["repo_name"]) if repo_level else duplicate_reason(head["blob_id"])
+            now = (reason, head["repo_name"], None if repo_level else head["path"])
+            for row in rows:
+                if row["_loc"] == j and not removed[i]:
+                    promoted.append(row)
+                elif row["_loc"] == j and (row["removal_reason"], row["kept_repo_name"], row["kept_path"]) != now:
+                    self.updates[_ref(row)] = dict(zip(("removal_reason", "kept_repo_name", "kept_path"), now,
+                                                       strict=True))
+                elif row["_loc"] > j and removed[i]:
+                    self._leave(row, j, reason, now[1:])
+            for arrival in joined:
+                (self._remove(j, arrival, reason, now[1:]) if removed[i] else self._pass(j, arrival))
+        self._promote(j, promoted)
+        first_new = int(pc.max(units["uid"]).as_py() or 0) + 1 if units.num_rows else 0
+        self.clusters[j] = touched, _component_units(nodes, component, first_new, units.schema)
 
     def _cluster_of(self, arrival: Arrival, j: int, kept_of: dict, repo_level: bool) -> str | None:
         """The cluster an arrival joins at dedup stage j: that of the old input of the stage with
@@ -352,6 +449,25 @@ def run_row_stage(stage: CodeStage, rows: list[dict]) -> list[tuple[dict, str | 
             results.append((doc_to_row(doc), None if keep else reason))
     stage.details.clear()  # a stage's own counts keep the old run's values (see the module doc)
     return results
+
+
+def _keys(table: pa.Table) -> pa.ChunkedArray:
+    """The record keys (repo_name, path, blob_id joined by NUL) of a table's rows."""
+    return pc.binary_join_element_wise(*[pc.cast(table[c], pa.string()) for c in ("repo_name", "path", "blob_id")],
+                                       "\0")
+
+
+def _component_units(nodes: pa.Table, component: np.ndarray, first_new: int, schema: pa.Schema) -> pa.Table:
+    """The units that have a near-duplicate, with their component named by its smallest uid (units
+    new to the stage, uid -1, get uids from `first_new` on)."""
+    uid = nodes["uid"].to_numpy().copy()
+    new = uid < 0
+    uid[new] = first_new + np.arange(int(new.sum()))
+    linked = np.flatnonzero(component >= 0)
+    smallest = np.full(len(uid), np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(smallest, component[linked], uid[linked])
+    table = nodes.set_column(nodes.schema.get_field_index("uid"), "uid", pa.array(uid)).take(pa.array(linked))
+    return table.append_column("component", pa.array(smallest[component[linked]])).cast(schema)
 
 
 def _ref(row: dict) -> Ref:
