@@ -64,6 +64,7 @@ class CodeStage(BaseFilter):
     Options: ClassVar[type[StageOptions]] = StageOptions
     added_columns: ClassVar[dict[str, pa.DataType]] = {}
     batch_size: ClassVar[int] = 256
+    rewrites_text: ClassVar[bool] = True  # False: the stage only removes records (never changes a text)
 
     def __init__(self, name: str, options: StageOptions | None = None, removed_writer=None):
         self.name = name

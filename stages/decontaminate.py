@@ -50,6 +50,7 @@ class Decontaminate(CodeStage):
     """SPEC `decontaminate`: `contaminated:<benchmark>/<task_id>:<exact|ngram>`; details per benchmark."""
 
     kind = "decontaminate"
+    rewrites_text = False
     Options = DecontaminateOptions
 
     def __init__(self, name: str, options: DecontaminateOptions | None = None, removed_writer=None):

@@ -20,6 +20,7 @@ class LicenseFilter(CodeStage):
     """SPEC `license_filter`: removes with `license:<license_type>`."""
 
     kind = "license_filter"
+    rewrites_text = False
     Options = LicenseOptions
 
     def filter(self, doc: Document) -> FilterResult:

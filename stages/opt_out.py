@@ -20,6 +20,7 @@ class OptOut(CodeStage):
     """
 
     kind = "opt_out"
+    rewrites_text = False
     Options = OptOutOptions
 
     def __init__(self, name: str, options: OptOutOptions | None = None, removed_writer=None):

@@ -45,6 +45,7 @@ class QualityFilters(CodeStage):
     counts the records that reached a parse check."""
 
     kind = "quality_filters"
+    rewrites_text = False
     Options = QualityOptions
 
     def __init__(self, name: str, options: StageOptions | None = None, removed_writer=None):

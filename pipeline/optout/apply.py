@@ -26,13 +26,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.card import write_card
 from pipeline.config import RunConfig, StageSpec
 from pipeline.errors import UserError
 from pipeline.executors.pool import cpu_count
 from pipeline.io.files import write_json_atomic
 from pipeline.optout.originals import Originals
-from pipeline.optout.replay import CLUSTERS, Catalog, Move, Ref, Replay
+from pipeline.optout.replay import CLUSTERS, Catalog, Move, Ref, Replay, tail_start
+from pipeline.optout.tail import TailHelper
 from pipeline.records import CONTENT, KEEP_FIELDS, REMOVAL_KEYS
 from pipeline.runner import CLUSTERS_DIR, REMOVAL_COLUMNS, config_fingerprint
 from pipeline.stats import COUNTS, totals
@@ -186,8 +186,9 @@ class ReleaseWriter:
         self.next_shard: dict[tuple[str, int], int] = {}
         self.lock = threading.Lock()
 
-    def write(self, replay: Replay) -> dict[Ref, int]:
-        """Apply the replay's decisions; returns the UTF-8 size of every row that left its shard."""
+    def rewrite_shards(self, replay: Replay) -> dict[Ref, int]:
+        """Apply the replay's decisions to the old rows (shards, and the units of the components
+        clustered again); returns the UTF-8 size of every row that left its shard."""
         shards = self.old.shards
         moves: dict[int, dict[int, Move | None]] = defaultdict(dict)
         for ref, move in replay.moves.items():
@@ -206,6 +207,10 @@ class ReleaseWriter:
         self.counts["rewritten"] = len(touched)
         self.link_the_rest(set(touched), {self.old.names[j] for j in replay.clusters})
         self.write_clusters(replay)
+        return sizes
+
+    def write_new_shards(self, replay: Replay) -> None:
+        """The rows the replay made: arrivals reaching data/, or removed by a stage they reached."""
         made = defaultdict(list, {(self.pos_of[folder], task): rows
                                   for (folder, task), rows in replay.new_rows.items()})
         for arrival in replay.arrivals:
@@ -215,7 +220,6 @@ class ReleaseWriter:
             table = table.take(pc.sort_indices(table, [(c, "ascending") for c in ("repo_name", "path", "blob_id")]))
             pq.write_table(table, self.new_shard(pos, task), compression="zstd",
                            compression_level=self.compression_level, row_group_size=self.rows_per_group(table))
-        return sizes
 
     def schema(self, pos: int) -> pa.Schema:
         if pos not in self.schemas:
@@ -383,7 +387,8 @@ def _group_starts(path: Path) -> list[int]:
 
 
 def plan(old: OldRelease) -> Replay:
-    """Catalog the shards after opt_out, find the newly opted-out records and replay the stages."""
+    """Catalog the shards after opt_out, find the newly opted-out records and replay the stages up to
+    the tail (`tail_start`)."""
     shards = old.shards
     with ThreadPoolExecutor(cpu_count()) as pool:
         parts = list(pool.map(_read_catalog, shards, range(len(shards))))
@@ -394,8 +399,9 @@ def plan(old: OldRelease) -> Replay:
     replay = Replay(old.stages, old.k, Catalog(table), lambda refs: fetch_rows(shards, refs), lambda f: shards[f].task,
                     old.units)
     replay.opt_out({name: optouts.reason(name) for name in names})
-    replay.run()
+    replay.run(replay.tail)
     return replay
+
 
 
 def apply_optouts(dataset: str | Path, output: str | Path, registry: str | None = None,
@@ -418,13 +424,18 @@ def apply_optouts(dataset: str | Path, output: str | Path, registry: str | None 
     tmp = dst.with_name(f".{dst.name}.optout-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    tail_specs = old.spec_models[tail_start(old.stages, old.k):]
+    helper = TailHelper([(s.kind, s.name, s.options.model_dump()) for s in tail_specs])
     try:
         replay = plan(old)
+        tail = helper.run([a.row for a in replay.arrivals])  # while the shards are rewritten
         leaving = list(replay.leaving.values())
         originals = Originals(old.stages, old.path, old.manifest, leaving, lambda lv: tuple(lv.key.split("\0")),
                               lambda ref: old.shards[ref.file].task)
         writer = ReleaseWriter(old, tmp, originals.rows)
-        sizes = writer.write(replay)
+        sizes = writer.rewrite_shards(replay)
+        replay.run_tail(helper.get(tail))
+        writer.write_new_shards(replay)
         replay.account(sizes, originals.sizes_entering(leaving, writer.rewritten))
         stats = _new_stats(old, replay, writer.schema(len(old.specs)))
         summary = {
@@ -443,11 +454,14 @@ def apply_optouts(dataset: str | Path, output: str | Path, registry: str | None 
         manifest = _new_manifest(old, dst, summary)
         write_json_atomic(tmp / "stats.json", stats)
         write_json_atomic(tmp / "manifest.json", manifest)
-        write_card(tmp, manifest, stats)
+        card = helper.write_card(tmp, manifest, stats)
         _write_changelog(old, tmp, summary, leaving, stats)
+        helper.get(card)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        helper.close()
     if dst.exists():
         shutil.rmtree(dst)
     os.replace(tmp, dst)

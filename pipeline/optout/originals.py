@@ -170,6 +170,8 @@ class Originals:
                 for row, lv in zip(rows, group, strict=True):
                     if row is not None:
                         sizes[lv.ref][j] = utf8_len(row.get(CONTENT) or "")
-                if start < j < stop - 1:  # `start` (opt_out or dedup) passed them unchanged; the last one's
-                    rows = self._through(rows, j, j + 1)  # output is the old release's row
+                # `start` (opt_out or dedup) passed them unchanged, the last one's output is the old
+                # release's row, and a stage that only removes records passed them unchanged too
+                if start < j < stop - 1 and getattr(self.stages[j], "rewrites_text", False):
+                    rows = self._through(rows, j, j + 1)
         return sizes

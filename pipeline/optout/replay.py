@@ -158,6 +158,7 @@ class Replay:
         self.unchecked: Counter = Counter()
         self.arrivals: list[Arrival] = []
         self.sizes: dict[Ref, int] = {}
+        self.next_stage = k + 1
 
     def opt_out(self, reasons: dict[str, str]) -> None:
         """Records of opted-out repositories (repo_name -> reason) leave every stage after opt_out."""
@@ -172,17 +173,33 @@ class Replay:
         self.moves[ref] = Move(self.names[removed_at], reason, *kept)
 
     # -- the walk ---------------------------------------------------------------------------------
-    def run(self) -> None:
-        """Replay every stage after opt_out; `arrivals` then holds the records that reach data/."""
-        for j in range(self.k + 1, self.n):
-            arrivals, self.arrivals = self.arrivals, []
-            counts = self.deltas[j].counts
-            counts["records_in"] += len(arrivals)
-            counts["bytes_in"] += sum(a.size for a in arrivals)
-            if isinstance(self.stages[j], GlobalStage):
-                self._dedup_stage(j, arrivals)
-            elif arrivals:
-                self._row_stage(j, arrivals)
+    @property
+    def tail(self) -> int:
+        return tail_start(self.stages, self.k)
+
+    def run(self, stop: int | None = None) -> None:
+        """Replay the stages after opt_out up to `stop` (default: all); `arrivals` then holds the
+        records that reach it."""
+        stop = self.n if stop is None else stop
+        for j in range(self.next_stage, stop):
+            self._stage(j)
+        self.next_stage = stop
+
+    def run_tail(self, results: list[list[tuple[dict, str | None]]]) -> None:
+        """The remaining (row-level) stages, given what `run_row_stages` made of the arrivals."""
+        for j, result in zip(range(self.next_stage, self.n), results, strict=True):
+            self._stage(j, result)
+        self.next_stage = self.n
+
+    def _stage(self, j: int, result: list[tuple[dict, str | None]] | None = None) -> None:
+        arrivals, self.arrivals = self.arrivals, []
+        counts = self.deltas[j].counts
+        counts["records_in"] += len(arrivals)
+        counts["bytes_in"] += sum(a.size for a in arrivals)
+        if isinstance(self.stages[j], GlobalStage):
+            self._dedup_stage(j, arrivals)
+        elif arrivals:
+            self._row_stage(j, arrivals, result)
 
     def account(self, sizes: dict[Ref, int], entering: dict[Ref, dict[int, int]]) -> None:
         """Take the leaving records out of the stats of every stage they used to reach. `sizes`: as
@@ -214,9 +231,10 @@ class Replay:
         self.deltas[j].counts["records_removed"] += 1
         self.deltas[j].details[reason_group(reason)] += 1
 
-    def _row_stage(self, j: int, arrivals: list[Arrival]) -> None:
-        for arrival, (row, reason) in zip(arrivals, run_row_stage(self.stages[j], [a.row for a in arrivals]),
-                                          strict=True):
+    def _row_stage(self, j: int, arrivals: list[Arrival], result: list[tuple[dict, str | None]] | None) -> None:
+        if result is None:
+            result = run_row_stage(self.stages[j], [a.row for a in arrivals])
+        for arrival, (row, reason) in zip(arrivals, result, strict=True):
             arrival.row = row
             if reason is None:
                 self._pass(j, arrival)
@@ -448,6 +466,21 @@ def run_row_stage(stage: CodeStage, rows: list[dict]) -> list[tuple[dict, str | 
             keep, reason = get_filter_result(result)
             results.append((doc_to_row(doc), None if keep else reason))
     stage.details.clear()  # a stage's own counts keep the old run's values (see the module doc)
+    return results
+
+
+def tail_start(stages: list, k: int) -> int:
+    """The first of the row-level stages after the last dedup stage (after opt_out at `k`): they see
+    arrivals only, so `optout apply` runs them apart (`Replay.run_tail`) while it rewrites the shards."""
+    return 1 + max((j for j in range(k + 1, len(stages)) if isinstance(stages[j], GlobalStage)), default=k)
+
+
+def run_row_stages(stages: list[CodeStage], rows: list[dict]) -> list[list[tuple[dict, str | None]]]:
+    """`run_row_stage` of each stage in turn, on the rows the stages before it kept."""
+    results = []
+    for stage in stages:
+        results.append(run_row_stage(stage, rows) if rows else [])
+        rows = [row for row, reason in results[-1] if reason is None]
     return results
 
 
