@@ -602,6 +602,12 @@ class NearDedup(GlobalStage):
     Options = NearDedupOptions
     published = f"dups/{UNITS_DIR}"
 
+    def warm_up(self) -> None:
+        """Load the compiled kernels `recluster` uses (numba's cache) ahead of need, on two tiny files."""
+        rows = [{"content": "def f(x): return x + 1", "repo_name": "a/b", "path": "p", "blob_id": "1"},
+                {"content": "def f(x): return x + 2", "repo_name": "a/c", "path": "p", "blob_id": "2"}]
+        recluster(file_units(rows, self.options).append_column("uid", pa.array([0, 1])), self.options)
+
     @staticmethod
     def cluster_partitions(partitions: int) -> int:
         """Fewer partitions than the runner offers: a cluster task has little to do per input task, and

@@ -98,8 +98,11 @@ class OldRelease:
 
     def units(self, pos: int) -> pa.Table | None:
         """The components' units stage `pos` published (`clusters/<stage>/`); None: it published none."""
-        files = sorted((self.path / CLUSTERS_DIR / self.names[pos]).glob("*.parquet"))
+        files = self.units_published(pos)
         return pa.concat_tables([pq.read_table(f) for f in files]) if files else None
+
+    def units_published(self, pos: int) -> list[Path]:
+        return sorted((self.path / CLUSTERS_DIR / self.names[pos]).glob("*.parquet"))
 
     @property
     def optouts(self):
@@ -391,7 +394,11 @@ def plan(old: OldRelease) -> Replay:
     the tail (`tail_start`)."""
     shards = old.shards
     with ThreadPoolExecutor(cpu_count()) as pool:
-        parts = list(pool.map(_read_catalog, shards, range(len(shards))))
+        parts = pool.map(_read_catalog, shards, range(len(shards)))
+        for j, stage in enumerate(old.stages):  # meanwhile (Parquet decoding releases the GIL)
+            if old.units_published(j):
+                stage.warm_up()
+        parts = list(parts)
     table = pa.concat_tables(parts, promote_options="permissive") if parts else _read_catalog(None)
     optouts = old.optouts
     hits = optouts.mask(table["repo_name"]) if len(optouts) and table.num_rows else pa.array([], pa.bool_())
