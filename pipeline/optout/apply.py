@@ -435,13 +435,13 @@ def apply_optouts(dataset: str | Path, output: str | Path, registry: str | None 
     helper = TailHelper([(s.kind, s.name, s.options.model_dump()) for s in tail_specs])
     try:
         replay = plan(old)
-        tail = helper.run([a.row for a in replay.arrivals])  # while the shards are rewritten
+        tail_results = helper.start_stages([a.row for a in replay.arrivals])  # while the shards are rewritten
         leaving = list(replay.leaving.values())
         originals = Originals(old.stages, old.path, old.manifest, leaving, lambda lv: tuple(lv.key.split("\0")),
                               lambda ref: old.shards[ref.file].task)
         writer = ReleaseWriter(old, tmp, originals.rows)
         sizes = writer.rewrite_shards(replay)
-        replay.run_tail(helper.get(tail))
+        replay.run_tail(tail_results())
         writer.write_new_shards(replay)
         replay.account(sizes, originals.sizes_entering(leaving, writer.rewritten))
         stats = _new_stats(old, replay, writer.schema(len(old.specs)))
@@ -461,9 +461,9 @@ def apply_optouts(dataset: str | Path, output: str | Path, registry: str | None 
         manifest = _new_manifest(old, dst, summary)
         write_json_atomic(tmp / "stats.json", stats)
         write_json_atomic(tmp / "manifest.json", manifest)
-        card = helper.write_card(tmp, manifest, stats)
+        card = helper.start_card(tmp, manifest, stats)
         _write_changelog(old, tmp, summary, leaving, stats)
-        helper.get(card)
+        card()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -2,13 +2,15 @@
 
 Those stages only ever see the records that arrive there (promoted back from a dedup stage), but
 setting them up costs seconds (presidio's import, the decontamination index), as does importing
-matplotlib for the card. The helper does that on the second core from the start of the apply, while
-the main process catalogs the release and rewrites its shards; then it runs the stages on the arrivals
-and renders the card. A failure in it reaches the caller through `.get()` (nothing is swallowed).
+matplotlib for the card. A spawned process does that on the second core from the start of the apply,
+while the main process catalogs the release and rewrites its shards; then it runs the stages on the
+arrivals and renders the card. When nothing arrives it is stopped at once (its work would only compete
+with the main process) and the card is rendered in the main process. A failure in it reaches the
+caller through the calls that wait for its results (nothing is swallowed).
 """
 
 import multiprocessing
-from multiprocessing.pool import AsyncResult
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.card import write_card
@@ -16,38 +18,55 @@ from pipeline.optout.replay import run_row_stages, set_up
 
 _stages: list = []  # in the helper: the tail stages, set up once
 
+Results = list[list[tuple[dict, str | None]]]
+
 
 def _prepare(specs: list[tuple[str, str, dict]]) -> None:
+    import matplotlib.pyplot  # noqa: F401  (the card's plots)
+
     from stages import STAGES
 
     _stages[:] = [STAGES[kind](name, STAGES[kind].Options(**options)) for kind, name, options in specs]
     for stage in _stages:
         set_up(stage)
-    import matplotlib.pyplot  # noqa: F401  (the card's plots)
 
 
-def _run(rows: list[dict]) -> list[list[tuple[dict, str | None]]]:
+def _run(rows: list[dict]) -> Results:
     return run_row_stages(_stages, rows)
 
 
 class TailHelper:
-    """One spawned process, working through its jobs in order: prepare, run the tail, write the card."""
+    """One spawned process working through its jobs in order: prepare, run the stages, write the card."""
 
     def __init__(self, specs: list[tuple[str, str, dict]]):
+        self.stages = len(specs)
         self.pool = multiprocessing.get_context("spawn").Pool(1)
         self.prepared = self.pool.apply_async(_prepare, (specs,))
 
-    def run(self, rows: list[dict]) -> AsyncResult:
-        return self.pool.apply_async(_run, (rows,))
+    def start_stages(self, rows: list[dict]) -> Callable[[], Results]:
+        """Start the tail stages on `rows`; returns the call that waits for their results
+        (`run_row_stages`). With no rows the helper is stopped."""
+        if not rows:
+            self.close()
+            return lambda: [[] for _ in range(self.stages)]
+        job = self.pool.apply_async(_run, (rows,))
 
-    def get(self, job: AsyncResult):
-        """A job's result; a failed preparation is raised first (it is the cause of the job's failure)."""
-        self.prepared.get()
-        return job.get()
+        def results() -> Results:
+            self.prepared.get()  # a failed setup first: it is the cause of the job's failure
+            return job.get()
 
-    def write_card(self, out: Path, manifest: dict, stats: dict) -> AsyncResult:
-        return self.pool.apply_async(write_card, (out, manifest, stats))
+        return results
+
+    def start_card(self, out: Path, manifest: dict, stats: dict) -> Callable[[], None]:
+        """Start writing the data card (in this process once the helper is stopped); returns the call
+        that waits for it."""
+        if self.pool is None:
+            write_card(out, manifest, stats)
+            return lambda: None
+        return self.pool.apply_async(write_card, (out, manifest, stats)).get
 
     def close(self) -> None:
-        self.pool.terminate()
-        self.pool.join()
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
