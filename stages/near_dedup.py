@@ -67,6 +67,7 @@ BUCKET_WINDOW = 32  # a distinct signature is compared with the next 32 of its b
 CHUNK_ROWS = 4_000_000  # band rows a pairs task holds at once
 INPUTS_PER_PARTITION = 4  # signature tasks per cluster partition: small runs cluster in one in-process task
 BAND_ROW_GROUP = 65_536
+NODE_ROW_GROUP = 1_024  # verified units (signatures, shingle sets): every dups task reads them in row groups
 BAND_SCHEMA = pa.schema([("key", pa.uint64()), ("sig", pa.uint64()), ("order", pa.uint64()), ("uid", pa.int64())])
 PAIR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("same", pa.bool_())])
 FOREST_SCHEMA = pa.schema([("uid", pa.int64()), ("root", pa.int64())])
@@ -386,6 +387,17 @@ class AttachUnits(NearDedupPhase):
                                self.path("attach", "nodes", partition, q))
 
 
+def read_matching(path: Path, column: str, wanted: pa.Array) -> pa.Table:
+    """The rows of a checked intermediate whose `column` is in `wanted`, decoded a row group at a time
+    (a dups task wants a small share of every partition's file)."""
+    if not is_intact(path):
+        raise CorruptIntermediate(f"{path}: checksum mismatch or missing")
+    pf = pq.ParquetFile(path)
+    parts = [group.filter(pc.is_in(group[column], value_set=wanted))
+             for group in (pf.read_row_group(g) for g in range(pf.num_row_groups))]
+    return pa.concat_tables(parts) if parts else pf.schema_arrow.empty_table()
+
+
 def node_columns(unit_file: Path) -> list[str]:
     schema = pq.read_schema(unit_file)
     return ["uid", "minhash", "shingles", "tokens", *keep_columns(schema)]
@@ -447,7 +459,8 @@ class VerifyPairs(NearDedupPhase):
                            self.path("verify", "forest", partition))
         write_table_atomic(pa.table({"a": a[accepted], "b": b[accepted], "same": same[accepted]}, schema=PAIR_SCHEMA),
                            self.path("verify", "edges", partition))
-        write_table_atomic(nodes.take(pa.array(np.searchsorted(uids, node))), self.path("verify", "nodes", partition))
+        write_table_atomic(nodes.take(pa.array(np.searchsorted(uids, node))), self.path("verify", "nodes", partition),
+                           row_group_size=NODE_ROW_GROUP)
 
 
 class MergeComponents(NearDedupPhase):
@@ -539,13 +552,12 @@ class ClusterDuplicates(NearDedupPhase):
         components = read_table_checked(self.path("components", "all"))
         mine = spread(components["root"].to_numpy(), self.partitions) == partition
         wanted = pa.array(components["uid"].to_numpy()[mine])
-        edges = pa.concat_tables([t.filter(pc.is_in(t["a"], value_set=wanted)) for t in (
-            read_table_checked(self.path("verify", "edges", q)) for q in range(self.partitions))])
-        nodes = pa.concat_tables([t.filter(pc.is_in(t["uid"], value_set=wanted)) for t in (
-            read_table_checked(self.path("verify", "nodes", q)) for q in range(self.partitions))]).sort_by("uid")
-        uids = nodes["uid"].to_numpy()
-        first = np.r_[True, uids[1:] != uids[:-1]] if len(uids) else np.zeros(0, bool)
-        nodes, uids = nodes.filter(pa.array(first)), uids[first]  # a unit verified in several partitions
+        edges = pa.concat_tables([read_matching(self.path("verify", "edges", q), "a", wanted)
+                                  for q in range(self.partitions)])
+        nodes = pa.concat_tables([read_matching(self.path("verify", "nodes", q), "uid", wanted)
+                                  for q in range(self.partitions)])
+        uids, first = np.unique(nodes["uid"].to_numpy(), return_index=True)  # a unit verified in several partitions
+        nodes = nodes.take(pa.array(first))
         a, b = (np.searchsorted(uids, edges[c].to_numpy()) for c in ("a", "b"))
         seed, checks = cluster_seeds(nodes, a, b, edges["same"].to_numpy(), self.options)
         component = components["root"].to_numpy()[np.searchsorted(components["uid"].to_numpy(), uids)]
