@@ -339,13 +339,11 @@ class ReleaseWriter:
                     self.link(path, rel)
 
     def write_clusters(self, replay: Replay) -> None:
-        """The units of the components a near-dedup stage clustered again replace the old ones."""
-        for j, (touched, units) in sorted(replay.clusters.items()):
-            old = self.old.units(j)
-            others = old.filter(pc.invert(pc.is_in(old["component"], value_set=pa.array(sorted(touched), pa.int64()))))
+        """The units of the near-dedup stages that clustered components again."""
+        for j, units in sorted(replay.clusters.items()):
             path = self.tmp / CLUSTERS_DIR / self.old.names[j] / "000.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.concat_tables([others, units]).sort_by("uid"), path, compression="zstd")
+            pq.write_table(units, path, compression="zstd")
 
     def link(self, src: Path, rel: str) -> None:
         dst = self.tmp / rel
@@ -408,7 +406,6 @@ def plan(old: OldRelease) -> Replay:
     replay.opt_out({name: optouts.reason(name) for name in names})
     replay.run(replay.tail)
     return replay
-
 
 
 def apply_optouts(dataset: str | Path, output: str | Path, registry: str | None = None,

@@ -23,7 +23,7 @@ from pipeline.errors import UserError
 from pipeline.executors.pool import cpu_count
 from pipeline.io.inputs import WorkUnit, plan_inputs, read_jsonl
 from pipeline.io.readers import InputReader, content_digest
-from pipeline.optout.replay import Leaving, Ref, run_row_stage
+from pipeline.optout.replay import Leaving, Ref, join_keys, run_row_stage
 from pipeline.progress import TaskProgress
 from pipeline.records import CONTENT, utf8_len
 from pipeline.step import CodeStage, GlobalStage
@@ -76,7 +76,7 @@ class InputRecords:
 
     def _hashes(self, identities: set[Identity]) -> dict[Identity, str]:
         ids = pq.read_table(self.release / "input_ids.parquet")
-        keys = _keys(ids, ("repo_name", "path", "blob_id"))
+        keys = join_keys(ids)
         ids = ids.filter(pc.is_in(keys, value_set=pa.array(sorted("\0".join(i) for i in identities), pa.string())))
         return {(r["repo_name"], r["path"], r["blob_id"]): r["content_sha256"] for r in ids.to_pylist()}
 
@@ -94,20 +94,16 @@ class InputRecords:
             with fsspec.open(unit.path, "rb") as f:
                 pf = pq.ParquetFile(f)
                 names = pf.read_row_group(unit.row_group, columns=["repo_name", "path"]).slice(0, unit.max_rows)
-                hits = pc.indices_nonzero(pc.is_in(_keys(names), value_set=value_set))
+                hits = pc.indices_nonzero(pc.is_in(join_keys(names, ("repo_name", "path")), value_set=value_set))
                 if not len(hits):
                     return
                 table = pf.read_row_group(unit.row_group).take(hits)
-        table = table.filter(pc.is_in(_keys(table), value_set=value_set))
+        table = table.filter(pc.is_in(join_keys(table, ("repo_name", "path")), value_set=value_set))
         for row in table.to_pylist():
             raw = row.pop(CONTENT, None)
             if raw is None and self.reader.content_from and row.get("blob_id"):
                 raw = self.reader._fetch(row)
             yield row, raw
-
-
-def _keys(table: pa.Table, columns: tuple[str, ...] = ("repo_name", "path")) -> pa.ChunkedArray:
-    return pc.binary_join_element_wise(*[pc.cast(table[c], pa.string()) for c in columns], "\0")
 
 
 class Originals:

@@ -106,7 +106,7 @@ class Catalog:
 
     def __init__(self, table: pa.Table):
         self.table = table.combine_chunks()  # one chunk: many small `take`s stay cheap
-        self.keys = _keys(table).to_pylist()
+        self.keys = join_keys(table).to_pylist()
         self._index: dict[str, dict] = {}
 
     def rows(self, indices: list[int]) -> list[dict]:
@@ -146,8 +146,8 @@ class Replay:
         self.stages, self.k, self.n = stages, k, len(stages)
         self.names = [s.name for s in stages]
         self.catalog, self.fetch, self.task_of, self.units_of = catalog, fetch, task_of, units_of
-        # stage -> (components clustered again, their units now): the release's new clusters/<stage>/
-        self.clusters: dict[int, tuple[set[int], pa.Table]] = {}
+        # stage -> its units after some components were clustered again: the new clusters/<stage>/
+        self.clusters: dict[int, pa.Table] = {}
         self.keep_schema = catalog.keep_schema()
         self.moves: dict[Ref, Move | None] = {}
         self.updates: dict[Ref, dict] = {}
@@ -296,7 +296,7 @@ class Replay:
 
         options = self.stages[j].options
         repo_level = options.level == "repo"
-        keys = units["repo_name"].to_pylist() if repo_level else _keys(units).to_pylist()
+        keys = units["repo_name"].to_pylist() if repo_level else join_keys(units).to_pylist()
         component_of = dict(zip(keys, units["component"].to_pylist(), strict=True))
         touched = {component_of[k] for lv in self.leaving.values() if lv.removed_at < j <= lv.old_pos
                    and (k := lv.key.split("\0", 1)[0] if repo_level else lv.key) in component_of}
@@ -370,7 +370,9 @@ class Replay:
                 (self._remove(j, arrival, reason, now[1:]) if removed[i] else self._pass(j, arrival))
         self._promote(j, promoted)
         first_new = int(pc.max(units["uid"]).as_py() or 0) + 1 if units.num_rows else 0
-        self.clusters[j] = touched, _component_units(nodes, component, first_new, units.schema)
+        others = units.filter(pc.invert(pa.array(in_touched, pa.bool_())))
+        self.clusters[j] = pa.concat_tables([others, _component_units(nodes, component, first_new, units.schema)]
+                                            ).sort_by("uid")
 
     def _cluster_of(self, arrival: Arrival, j: int, kept_of: dict, repo_level: bool) -> str | None:
         """The cluster an arrival joins at dedup stage j: that of the old input of the stage with
@@ -484,10 +486,9 @@ def run_row_stages(stages: list[CodeStage], rows: list[dict]) -> list[list[tuple
     return results
 
 
-def _keys(table: pa.Table) -> pa.ChunkedArray:
-    """The record keys (repo_name, path, blob_id joined by NUL) of a table's rows."""
-    return pc.binary_join_element_wise(*[pc.cast(table[c], pa.string()) for c in ("repo_name", "path", "blob_id")],
-                                       "\0")
+def join_keys(table: pa.Table, columns: tuple[str, ...] = ("repo_name", "path", "blob_id")) -> pa.ChunkedArray:
+    """Each row's `columns` joined by NUL (by default the record key)."""
+    return pc.binary_join_element_wise(*[pc.cast(table[c], pa.string()) for c in columns], "\0")
 
 
 def _component_units(nodes: pa.Table, component: np.ndarray, first_new: int, schema: pa.Schema) -> pa.Table:
