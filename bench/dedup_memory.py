@@ -56,6 +56,7 @@ from stages.near_dedup import (  # noqa: E402
     NearDedup,
     NearDedupOptions,
     NearDedupPhase,
+    RouteUnits,
     Units,
     VerifyPairs,
     identity_hash,
@@ -69,7 +70,7 @@ SOURCES = 64
 GROUP = 4
 SHARED_BANDS = 8
 PHASES = {"pairs": CandidatePairs, "attach": AttachUnits, "verify": VerifyPairs, "components": MergeComponents,
-          "dups": ClusterDuplicates}
+          "route": RouteUnits, "dups": ClusterDuplicates}
 EDITS = {"copies": (0.0, 0.0), "edits": (0.0, 0.07), "dense": (0.0, 0.07), "family": (0.05, 0.25)}
 LARGE_SHINGLES = 1000  # set size of the large components' records
 LICENSES = [*LICENSE_RANK, "gpl-3.0", None]
@@ -246,7 +247,8 @@ def run_dups(base: Path, records: int, near: NearDuplicates, partitions: int, wo
     return {"edges": edges, "components": len(roots), "largest": int(sizes.max()),
             "removed": dups.num_rows, "clusters": len(pc.unique(dups["removal_reason"])),
             "verify_rss": max(r[1] for r in runs["verify"][1]), "merge_s": runs["components"][1][0][0],
-            "merge_rss": runs["components"][1][0][1], "dups_rss": max(r[1] for r in dups_runs),
+            "merge_rss": runs["components"][1][0][1], "route_rss": max(r[1] for r in runs["route"][1]),
+            "route_s": max(r[0] for r in runs["route"][1]), "dups_rss": max(r[1] for r in dups_runs),
             "dups_s": max(r[0] for r in dups_runs), "dups_wall": dups_wall,
             "heaviest_s": dups_runs[heaviest][0], "heaviest_rss": dups_runs[heaviest][1]}
 
@@ -290,16 +292,17 @@ def main() -> None:
         if args.only != "pairs":
             print(f"\n| records | near-dup records (2 x {args.large:,} in large components) | partitions | "
                   "verified edges | components (largest) | removed (clusters) | verify: peak RSS per task MB "
-                  "| components RSS MB, s | dups: peak RSS per task MB | dups: slowest task s | dups s (wall) "
-                  "| dups task of the largest component: MB, s |")
-            print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+                  "| components RSS MB, s | route: peak RSS per task MB, slowest s | dups: peak RSS per task MB "
+                  "| dups: slowest task s | dups s (wall) | dups task of the largest component: MB, s |")
+            print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
             shingles = tuple(int(x) for x in args.shingles.split(":"))
             for records, dups, partitions in configs:
                 near = NearDuplicates(dups, args.large, shingles)
                 r = run_dups(Path(tmp), records, near, partitions, args.workers)
                 print(f"| {records:,} | {len(near):,} | {partitions} | {r['edges']:,} | {r['components']:,} "
                       f"({r['largest']:,}) | {r['removed']:,} ({r['clusters']:,}) | {r['verify_rss']:.0f} | "
-                      f"{r['merge_rss']:.0f}, {r['merge_s']:.1f} | {r['dups_rss']:.0f} | {r['dups_s']:.1f} | "
+                      f"{r['merge_rss']:.0f}, {r['merge_s']:.1f} | {r['route_rss']:.0f}, {r['route_s']:.1f} | "
+                      f"{r['dups_rss']:.0f} | {r['dups_s']:.1f} | "
                       f"{r['dups_wall']:.0f} | {r['heaviest_rss']:.0f}, {r['heaviest_s']:.1f} |", flush=True)
 
 

@@ -13,6 +13,8 @@ Phases (each a datatrove run; every file they write is checksummed and checked o
             accepted pairs are kept (edges), with their units, and reduced to a forest (node -> smallest
             node of its local component)
     components  one task: the forests merged into connected components (node ids only)
+    route   per verify partition: its edges and units, with their component, sent to the dups partition
+            of the component
     dups    per component partition: clusters inside the components whose members are each similar
             to most of their cluster's core (a chain A~B~C with A !~ C is no cluster); the keep rule's
             best unit of each cluster stays, the others (at repo level: all their files) go to `removed/`;
@@ -20,7 +22,7 @@ Phases (each a datatrove run; every file they write is checksummed and checked o
             published to `clusters/<stage>/` of the output, so that `optout apply` can cluster a component
             again without the texts (`recluster`)
 
-No phase holds all pairs of the corpus: pairs, attach, verify and dups see one partition;
+No phase holds all pairs of the corpus: pairs, attach, verify, route and dups see one partition;
 `components` sees only the ids of the units that have a verified near-duplicate. Every decision
 depends on the content, never on the number of tasks or workers (buckets are ordered by signature and
 identity hashes, clusters by the keep rule).
@@ -67,7 +69,6 @@ BUCKET_WINDOW = 32  # a distinct signature is compared with the next 32 of its b
 CHUNK_ROWS = 4_000_000  # band rows a pairs task holds at once
 INPUTS_PER_PARTITION = 4  # signature tasks per cluster partition: small runs cluster in one in-process task
 BAND_ROW_GROUP = 65_536
-NODE_ROW_GROUP = 1_024  # verified units (signatures, shingle sets): every dups task reads them in row groups
 BAND_SCHEMA = pa.schema([("key", pa.uint64()), ("sig", pa.uint64()), ("order", pa.uint64()), ("uid", pa.int64())])
 PAIR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("same", pa.bool_())])
 FOREST_SCHEMA = pa.schema([("uid", pa.int64()), ("root", pa.int64())])
@@ -387,17 +388,6 @@ class AttachUnits(NearDedupPhase):
                                self.path("attach", "nodes", partition, q))
 
 
-def read_matching(path: Path, column: str, wanted: pa.Array) -> pa.Table:
-    """The rows of a checked intermediate whose `column` is in `wanted`, decoded a row group at a time
-    (a dups task wants a small share of every partition's file)."""
-    if not is_intact(path):
-        raise CorruptIntermediate(f"{path}: checksum mismatch or missing")
-    pf = pq.ParquetFile(path)
-    parts = [group.filter(pc.is_in(group[column], value_set=wanted))
-             for group in (pf.read_row_group(g) for g in range(pf.num_row_groups))]
-    return pa.concat_tables(parts) if parts else pf.schema_arrow.empty_table()
-
-
 def node_columns(unit_file: Path) -> list[str]:
     schema = pq.read_schema(unit_file)
     return ["uid", "minhash", "shingles", "tokens", *keep_columns(schema)]
@@ -459,8 +449,7 @@ class VerifyPairs(NearDedupPhase):
                            self.path("verify", "forest", partition))
         write_table_atomic(pa.table({"a": a[accepted], "b": b[accepted], "same": same[accepted]}, schema=PAIR_SCHEMA),
                            self.path("verify", "edges", partition))
-        write_table_atomic(nodes.take(pa.array(np.searchsorted(uids, node))), self.path("verify", "nodes", partition),
-                           row_group_size=NODE_ROW_GROUP)
+        write_table_atomic(nodes.take(pa.array(np.searchsorted(uids, node))), self.path("verify", "nodes", partition))
 
 
 class MergeComponents(NearDedupPhase):
@@ -474,6 +463,27 @@ class MergeComponents(NearDedupPhase):
         node, component = connected_components(forests["uid"].to_numpy(), forests["root"].to_numpy())
         write_table_atomic(pa.table({"uid": node, "root": component}, schema=FOREST_SCHEMA),
                            self.path("components", "all"))
+
+
+class RouteUnits(NearDedupPhase):
+    """One verify partition: its accepted edges and units, with their component, go to the dups
+    partition of that component, so that each dups task reads only its own (every verified unit is
+    decoded twice in all, not once per partition)."""
+
+    phase = "route"
+
+    def process(self, partition: int) -> None:
+        components = read_table_checked(self.path("components", "all"))
+        uids, roots = components["uid"].to_numpy(), components["root"].to_numpy()
+        nodes = read_table_checked(self.path("verify", "nodes", partition))
+        edges = read_table_checked(self.path("verify", "edges", partition))
+        component = roots[np.searchsorted(uids, nodes["uid"].to_numpy())]
+        nodes = nodes.append_column("component", pa.array(component))
+        node_target = spread(component, self.partitions)
+        edge_target = spread(roots[np.searchsorted(uids, edges["a"].to_numpy())], self.partitions)
+        for q in range(self.partitions):
+            write_table_atomic(nodes.filter(pa.array(node_target == q)), self.path("route", "nodes", partition, q))
+            write_table_atomic(edges.filter(pa.array(edge_target == q)), self.path("route", "edges", partition, q))
 
 
 def cluster_seeds(nodes: pa.Table, a: np.ndarray, b: np.ndarray, same: np.ndarray,
@@ -549,21 +559,16 @@ class ClusterDuplicates(NearDedupPhase):
     phase = "dups"
 
     def process(self, partition: int) -> None:
-        components = read_table_checked(self.path("components", "all"))
-        mine = spread(components["root"].to_numpy(), self.partitions) == partition
-        wanted = pa.array(components["uid"].to_numpy()[mine])
-        edges = pa.concat_tables([read_matching(self.path("verify", "edges", q), "a", wanted)
+        edges = pa.concat_tables([read_table_checked(self.path("route", "edges", q, partition))
                                   for q in range(self.partitions)])
-        nodes = pa.concat_tables([read_matching(self.path("verify", "nodes", q), "uid", wanted)
+        nodes = pa.concat_tables([read_table_checked(self.path("route", "nodes", q, partition))
                                   for q in range(self.partitions)])
         uids, first = np.unique(nodes["uid"].to_numpy(), return_index=True)  # a unit verified in several partitions
         nodes = nodes.take(pa.array(first))
         a, b = (np.searchsorted(uids, edges[c].to_numpy()) for c in ("a", "b"))
         seed, checks = cluster_seeds(nodes, a, b, edges["same"].to_numpy(), self.options)
-        component = components["root"].to_numpy()[np.searchsorted(components["uid"].to_numpy(), uids)]
-        write_table_atomic(nodes.append_column("component", pa.array(component)),
-                           units_path(self.workdir, partition))
-        nodes = nodes.drop_columns(["minhash", "shingles"])
+        write_table_atomic(nodes, units_path(self.workdir, partition))
+        nodes = nodes.drop_columns(["minhash", "shingles", "component"])
         if self.options.level == "file":
             dups, removed = self.file_duplicates(nodes, seed)
         else:
@@ -635,4 +640,4 @@ class NearDedup(GlobalStage):
         phases = [("repos", RepoUnits(*args), partitions)] if self.options.level == "repo" else []
         return phases + [("pairs", CandidatePairs(*args), partitions), ("attach", AttachUnits(*args), partitions),
                          ("verify", VerifyPairs(*args), partitions), ("components", MergeComponents(*args), 1),
-                         ("dups", ClusterDuplicates(*args), partitions)]
+                         ("route", RouteUnits(*args), partitions), ("dups", ClusterDuplicates(*args), partitions)]
