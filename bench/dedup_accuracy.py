@@ -30,6 +30,7 @@ from loguru import logger
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_dedup import run_datatrove  # noqa: E402
 
+from stages.language import is_generated  # noqa: E402
 from stages.lsh import sorted_unique  # noqa: E402
 from stages.minhash import exact_jaccard, pair_jaccard  # noqa: E402
 from stages.shingles import batch_shingles  # noqa: E402
@@ -166,10 +167,17 @@ def evaluate(cluster: np.ndarray, removed: np.ndarray, truth: tuple, values: np.
     return out
 
 
-def sample_corpus(corpus: Path, size: int, seed: int, out: Path, exclude: str | None = None) -> pa.Table:
+def sample_corpus(corpus: Path, size: int, seed: int, out: Path, exclude: str | None = None,
+                  drop_generated: bool = False) -> pa.Table:
     table = pa.concat_tables([pq.read_table(f) for f in sorted(corpus.glob("*.parquet"))], promote_options="permissive")
     if exclude:
         table = table.filter(pc.invert(pc.match_substring_regex(table["repo_name"], exclude)))
+    if drop_generated:  # what the shipped config's language_selection removes before near_dedup sees it
+        texts = table["content"].to_pylist()
+        generated = [is_generated(path or "", (text or "").encode("utf-8", "surrogatepass"), text or "")
+                     for path, text in zip(table["path"].to_pylist(), texts, strict=True)]
+        print(f"generated files left out: {sum(generated):,} of {len(generated):,}")
+        table = table.filter(pc.invert(pa.array(generated, pa.bool_())))
     values, offsets = shingle_sets(table["content"])
     eligible = np.flatnonzero(np.diff(offsets) > 0)
     rng = np.random.default_rng(seed)
@@ -251,6 +259,8 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.7)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--exclude-repos", help="regex of repo_name left out of the corpus before sampling")
+    parser.add_argument("--drop-generated", action="store_true",
+                        help="leave out generated files (language_selection's rule) before sampling")
     parser.add_argument("--brute-force-check", type=int, default=1500, help="sub-sample checked against brute force")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--repo-forks", type=int, default=0,
@@ -265,7 +275,8 @@ def main() -> None:
         work = Path(tmp)
         (work / "sample").mkdir()
         sample_file = work / "sample" / "sample.parquet"
-        sample = sample_corpus(args.corpus, args.sample, args.seed, sample_file, args.exclude_repos)
+        sample = sample_corpus(args.corpus, args.sample, args.seed, sample_file, args.exclude_repos,
+                               args.drop_generated)
         values, offsets = shingle_sets(sample["content"])
         start = time.perf_counter()
         a, b, jac = all_pairs(values, offsets, args.threshold)
