@@ -85,6 +85,16 @@ def read_partition(workdir: Path, partition: int, ranks: int) -> pa.Table:
     return pa.concat_tables([read_table_checked(sig_path(workdir, r, partition)) for r in range(ranks)])
 
 
+def group_heads(table: pa.Table, group: np.ndarray) -> np.ndarray:
+    """Given each row's group id, the row of its group's keep-rule best (the row kept)."""
+    order = np.lexsort((keep_rank(table), group))
+    g = group[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    heads = np.empty(len(group), np.int64)
+    heads[order] = order[np.repeat(starts, np.diff(np.r_[starts, len(g)]))]
+    return heads
+
+
 def duplicates_table(table: pa.Table, group: np.ndarray) -> tuple[pa.Table, int]:
     """Given each row's group id, keep the keep-rule's best row per group and list the others.
 
@@ -92,14 +102,10 @@ def duplicates_table(table: pa.Table, group: np.ndarray) -> tuple[pa.Table, int]
     """
     if table.num_rows == 0:
         return DUPS_SCHEMA.empty_table(), 0
-    order = np.lexsort((keep_rank(table), group))
-    g = group[order]
-    first = np.r_[True, g[1:] != g[:-1]]
-    starts = np.flatnonzero(first)
-    kept = order[np.repeat(starts, np.diff(np.r_[starts, len(g)]))]
-    removed = order[~first]
-    kept_of_removed = kept[~first]
-    clusters = int(np.count_nonzero(np.diff(np.r_[starts, len(g)]) > 1))
+    heads = group_heads(table, group)
+    removed = np.flatnonzero(heads != np.arange(len(heads)))
+    kept_of_removed = heads[removed]
+    clusters = len(np.unique(kept_of_removed))
     blob = table["blob_id"].take(pa.array(kept_of_removed)).to_pylist()
     dups = pa.table({
         "src_rank": table["src_rank"].take(pa.array(removed)),

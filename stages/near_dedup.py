@@ -42,7 +42,7 @@ from datatrove.pipeline.base import PipelineStep
 from pydantic import Field, model_validator
 
 from pipeline.config import StageOptions
-from pipeline.dedup import DUPS_SCHEMA, SignatureStep, duplicates_table, dups_path
+from pipeline.dedup import DUPS_SCHEMA, SignatureStep, duplicates_table, dups_path, group_heads
 from pipeline.io.files import CorruptIntermediate, is_intact, read_table_checked, write_table_atomic
 from pipeline.records import KEEP_FIELDS, LICENSE_RANK, duplicate_repo_reason, keep_rank
 from pipeline.step import GlobalStage, text_batches
@@ -520,10 +520,7 @@ def recluster(nodes: pa.Table, options: NearDedupOptions) -> tuple[np.ndarray, n
         component[linked] = root
         units = nodes.take(pa.array(linked))
         seed, _ = cluster_seeds(units, np.searchsorted(linked, a), np.searchsorted(linked, b), same, options)
-        by_seed = np.lexsort((keep_rank(units), seed))
-        first = np.r_[True, seed[by_seed][1:] != seed[by_seed][:-1]]
-        best = dict(zip(seed[by_seed][first].tolist(), by_seed[first].tolist(), strict=True))
-        kept[linked] = linked[[best[s] for s in seed.tolist()]]
+        kept[linked] = linked[group_heads(units, seed)]
     return component, kept
 
 

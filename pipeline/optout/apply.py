@@ -404,7 +404,7 @@ def plan(old: OldRelease) -> Replay:
     replay = Replay(old.stages, old.k, Catalog(table), lambda refs: fetch_rows(shards, refs), lambda f: shards[f].task,
                     old.units)
     replay.opt_out({name: optouts.reason(name) for name in names})
-    replay.run(replay.tail)
+    replay.run(tail_start(old.stages, old.k))
     return replay
 
 

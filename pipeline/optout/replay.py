@@ -173,10 +173,6 @@ class Replay:
         self.moves[ref] = Move(self.names[removed_at], reason, *kept)
 
     # -- the walk ---------------------------------------------------------------------------------
-    @property
-    def tail(self) -> int:
-        return tail_start(self.stages, self.k)
-
     def run(self, stop: int | None = None) -> None:
         """Replay the stages after opt_out up to `stop` (default: all); `arrivals` then holds the
         records that reach it."""
