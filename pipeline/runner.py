@@ -115,7 +115,7 @@ class Runner:
     # -- building ---------------------------------------------------------------------------------
     def removed_writer(self, stage_name: str, schema: pa.Schema) -> ParquetShardWriter:
         out = self.config.output
-        return ParquetShardWriter(self.out / "removed" / stage_name, _with(schema, REMOVAL_COLUMNS),
+        return ParquetShardWriter(self.out / "removed" / stage_name, with_columns(schema, REMOVAL_COLUMNS),
                                   compression_level=out.compression_level, max_shard_bytes=out.max_shard_bytes,
                                   row_group_bytes=out.row_group_bytes, name=f"removed/{stage_name}")
 
@@ -157,7 +157,7 @@ class Runner:
                 stage.exclusion_writer = self.removed_writer(stage.name, schema)
                 steps.append(stage)
                 labels.append(stage.name)
-            schema = _with(schema, list(stage.added_columns.items()))
+            schema = with_columns(schema, list(stage.added_columns.items()))
         out = self.config.output
         steps.append(ParquetShardWriter(self.out / "data", schema, compression_level=out.compression_level,
                                         max_shard_bytes=out.max_shard_bytes, row_group_bytes=out.row_group_bytes,
@@ -298,10 +298,13 @@ class Runner:
                 os.link(path, target / path.name)
 
 
-def _with(schema: pa.Schema, columns: list[tuple[str, pa.DataType]]) -> pa.Schema:
+def with_columns(schema: pa.Schema, columns: list[tuple[str, pa.DataType]]) -> pa.Schema:
+    """`schema` with the columns a stage adds (an input column of null type takes the stage's type)."""
     for name, dtype in columns:
         if name not in schema.names:
             schema = schema.append(pa.field(name, dtype))
+        elif schema.field(name).type == pa.null():
+            schema = schema.set(schema.get_field_index(name), pa.field(name, dtype))
     return schema
 
 

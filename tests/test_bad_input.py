@@ -3,7 +3,7 @@
 import json
 
 import pyarrow as pa
-from conftest import run_cli, stdlib_rows, write_config, write_parquet
+from conftest import read_dir, run_cli, stdlib_rows, write_config, write_parquet
 
 
 def _fails_cleanly(tmp_path, inputs, *extra, must_name: str) -> str:
@@ -94,4 +94,26 @@ def test_empty_input_shard_is_fine(tmp_path):
     assert result.returncode == 0, result.stderr
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["totals"]["records_in"] == 0
+    assert run_cli("verify", str(tmp_path / "out")).returncode == 0
+
+
+def test_all_null_columns_take_their_types(tmp_path):
+    """A shard whose `language`/`license_type` and a stage's own column are all null (pandas writes
+    such columns with Arrow's null type) runs through the stages that fill them, and the output
+    carries their real types."""
+    rows = stdlib_rows(12)
+    for row in rows:
+        row.update(language=None, license_type=None, natural_language=None)
+    table = pa.Table.from_pylist(rows)
+    assert table.schema.field("language").type == pa.null()
+    write_parquet(tmp_path / "in" / "nulls.parquet", table.to_pylist(), schema=table.schema)
+    cfg = write_config(tmp_path / "c.yaml", [{"language_selection": {}}, {"license_filter": {}},
+                                             {"near_dedup": {"level": "file"}}, {"exact_dedup": {}}],
+                       [str(tmp_path / "in")])
+    result = run_cli("run", str(cfg), "--quiet")
+    assert result.returncode == 0, result.stderr
+    data = read_dir(tmp_path / "out" / "data")
+    assert data.schema.field("language").type == pa.string()
+    assert data.schema.field("natural_language").type == pa.string()
+    assert set(data["language"].to_pylist()) == {"Python"}
     assert run_cli("verify", str(tmp_path / "out")).returncode == 0

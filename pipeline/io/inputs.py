@@ -219,6 +219,9 @@ def _unify(schemas: list[tuple[str, pa.Schema]]) -> pa.Schema:
         names = ", ".join(p for p, _ in schemas[:3])
         raise UserError(f"{names}: input files have incompatible schemas ({str(e).splitlines()[0]})") from None
     schema = schema.remove_metadata()
+    for i, column in enumerate(schema):  # an all-null column (e.g. pandas' None) takes the SPEC column's type
+        if column.type == pa.null() and column.name in SOURCE_SCHEMA.names:
+            schema = schema.set(i, SOURCE_SCHEMA.field(column.name))
     for name in ("content", "blob_id"):
         if name in schema.names:
             i = schema.get_field_index(name)

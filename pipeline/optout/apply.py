@@ -34,7 +34,7 @@ from pipeline.optout.originals import Originals
 from pipeline.optout.replay import CLUSTERS, Catalog, Move, Ref, Replay, tail_start
 from pipeline.optout.tail import TailHelper
 from pipeline.records import CONTENT, KEEP_FIELDS, REMOVAL_KEYS
-from pipeline.runner import CLUSTERS_DIR, REMOVAL_COLUMNS, config_fingerprint
+from pipeline.runner import CLUSTERS_DIR, REMOVAL_COLUMNS, config_fingerprint, with_columns
 from pipeline.stats import COUNTS, totals
 
 SHARD_NAME = re.compile(r"(\d{5})_(\d{3})\.parquet")
@@ -122,7 +122,7 @@ class OldRelease:
             i, schema = before[-1]
             schema = _drop(schema, REMOVAL_KEYS)
             for stage in self.stages[i:pos]:
-                schema = _append(schema, stage.added_columns.items())
+                schema = with_columns(schema, stage.added_columns.items())
             return schema
         i, schema = min((f for f in found if f[0] > pos), key=lambda f: f[0], default=(len(self.specs), pa.schema([])))
         later = {c for stage in self.stages[pos:i] for c in stage.added_columns} - STACK_COLUMNS
@@ -133,14 +133,7 @@ class OldRelease:
         if existing:
             return pq.read_schema(existing[0])
         schema = self.entered_schema(pos)
-        return schema if pos == len(self.specs) else _append(schema, REMOVAL_COLUMNS)
-
-
-def _append(schema: pa.Schema, columns) -> pa.Schema:
-    for name, dtype in columns:
-        if name not in schema.names:
-            schema = schema.append(pa.field(name, dtype))
-    return schema
+        return schema if pos == len(self.specs) else with_columns(schema, REMOVAL_COLUMNS)
 
 
 def _drop(schema: pa.Schema, names) -> pa.Schema:
