@@ -201,6 +201,10 @@ PASSWORD_TEMPLATES = [
     "jdbc:mysql://db:3306/app?user=root&password={v}", '<property name="password" value="{v}"/>',
     "curl -u admin:{v} https://api.acme-corp.com/v1/users", "define('DB_PASSWORD', '{v}');",
     "spring.datasource.password={v}", 'os.environ["DB_PASSWORD"] = "{v}"',
+    "mysql -u root -p'{v}' -h db.acme-corp.com app < dump.sql", "mysqldump -uroot -p{v} shop > shop.sql",
+    '#define ADMIN_PASSWORD "{v}"', "PGPASSWORD={v} psql -h db.acme-corp.com -U app orders",
+    "sshpass -p '{v}' ssh build-host uptime", 'r = requests.get(url, auth=("admin", "{v}"))',
+    'my $dbh = DBI->connect("DBI:mysql:database=crm;host=db1", "crm_rw", "{v}");',
 ]
 
 
@@ -252,6 +256,15 @@ def negative_templates(v: Values) -> list[tuple[str, str, str]]:
         ("password_ref", "PASSWORD", "def login(user, password=None):"),
         ("password_ref", "PASSWORD", "    for password in passwords:"),
         ("prose", "PASSWORD", "{c}Ask the user for a password and/or a token."),
+        ("password_ref", "PASSWORD", "r = requests.get(url, auth=(user, password))"),
+        ("password_ref", "PASSWORD", "my $dbh = DBI->connect($dsn, $user, $pass);"),
+        ("password_ref", "PASSWORD", 'sshpass -p "$DEPLOY_PASS" ssh build-host uptime'),
+        ("password_ref", "PASSWORD", "return BasicAuth(username=username, password=password)"),
+        ("password_ref", "PASSWORD", '#define PASSWORD_PROMPT "Password: "'),
+        ("label", "PASSWORD", '#define LN_userPassword         "userPassword"'),
+        ("oid", "KEY", '#define OID_PRIVATE_KEY_USAGE_PERIOD "2.5.29.16"'),
+        ("example_key", "KEY", "export AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE"),
+        ("flag", "PASSWORD", "gcc -pthread -pipe -o app app.c && pytest -p no:cacheprovider"),
         ("test_vector", "KEY", f'    expected = "{sha256}"'), ("test_vector", "KEY", f"data = bytes.fromhex('{md5}')"),
         ("encoded_text", "KEY", f'ENCODED = "{base64.b64encode(b"The quick brown fox jumps over it").decode()}"'),
         ("alphabet", "KEY", 'ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"'),

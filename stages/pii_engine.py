@@ -66,6 +66,8 @@ CANDIDATE_LINE = "|".join((
     r"^\s*(?:-\s+)?(?:export\s+)?[\w.-]*(?i:pass|pwd|secret|token)[\w.-]*\s*[=:]\s*\S",  # .env / YAML, any value
     r"[?&;](?i:[\w.-]*(?:pass|pwd|secret|token|key)[\w.-]*)=",  # query and connection strings
     r"(?:-u|--user)\s+[^\s:]+:|(?i:basic)\s+[A-Za-z0-9+/]{12}|value=",  # curl -u, HTTP Basic, XML key/value
+    r"\b(?:mysql|mysqldump|mysqladmin|mariadb)\b.*\s-p\S|\bsshpass\s|"  # mysql -px, sshpass -p x
+    r"DBI->connect|\bauth\s*=\s*[(\[]|Auth\(|\.login\(",  # positional passwords
 ))
 DIGIT_RUN = r"[0-9][A-Za-z0-9+/=]{11}|[A-Za-z0-9+/=]{11}[0-9]"
 _RUN = re.compile(r"[A-Za-z0-9+/=]{16,}")

@@ -298,6 +298,8 @@ class SecretsRecognizer(CodeRecognizer):
                 or F.is_data_blob(value, line) or F.is_encoded_text(value) or not F.is_gibberish(value))
 
 
+_DEFINE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+\Z", re.M)  # a C macro's name follows
+
 # What follows a secret's name: optional type annotation, an operator, then a quoted or a bare value.
 _QUOTED = r"(?P<q>[\"'`])(?P<quoted>(?:(?!(?P=q))[^\n\\]|\\.){1,200})(?P=q)"
 _BARE = r"(?P<bare>(?:[^\s\"'`,;&<>]|&(?![\w.-]+=)){1,200})"  # stops at `&next=` of a query string
@@ -353,7 +355,9 @@ class KeywordRecognizer(CodeRecognizer):
             if match["op"] == "," and not (quoted_name and text[:start - 1].rstrip().endswith(("(", "["))):
                 continue  # setProperty("password", "value") and ("password", "value") pairs, not longer lists
             literal = self.is_literal_context(text, start, match)
-            if self.is_secret_name(names, match, quoted_name) and self.is_secret_value(match, literal):
+            macro = bool(_DEFINE.search(text, max(0, start - 40), start))
+            if self.is_secret_name(names, match, quoted_name, macro) and self.is_secret_value(match, literal) \
+                    and not names_itself(match["quoted"] or match["bare"], names):
                 yield value_span(match)
         for match in XML_KEY_VALUE.finditer(text):
             if self.is_secret_name(F.words(match["name"])) and self.is_plain(match["value"]):
@@ -370,25 +374,27 @@ class KeywordRecognizer(CodeRecognizer):
             return True
         at_line_start = before.strip() in ("", "export", "-", "- export")  # also YAML list items
         rest = text[match.end():line_bounds(text, match.end())[1]].strip()
-        if not at_line_start or rest and not rest.startswith("#"):
-            return False  # the value must end the line: not `password: bool, optional` in a docstring
-        if match["bare_op"] == "=":
+        if match["bare_op"] == "=" and at_line_start:  # `DB_PASSWORD=x`, also before a command: `PGPASSWORD=x psql`
             name = text[start:match.start()].strip("\"'] ")
             return name.isupper() and text[match.start("bare_op") - 1] != " "
+        if not at_line_start or rest and not rest.startswith("#"):
+            return False  # the value must end the line: not `password: bool, optional` in a docstring
         value = match["bare"]
         return value.lower() not in TYPE_NAMES and not re.fullmatch(r"[A-Z][A-Za-z]*", value)  # `password: SecretStr`
 
     def is_plain(self, value: str) -> bool:
         return len(value) >= self.MIN_LENGTH and value.lower() not in self.PLACEHOLDERS and not F.is_templated(value)
 
-    def is_secret_name(self, names: list[str], match: re.Match | None = None, quoted_name: bool = False) -> bool:
+    def is_secret_name(self, names: list[str], match: re.Match | None = None, quoted_name: bool = False,
+                       macro: bool = False) -> bool:
         if not names or any(w in self.META_WORDS for w in names):
             return False
         op = match["op"] if match is not None else None
         if op == "(" and not (len(names) == 1 or names[0] in SETTER_WORDS):
             return False  # password("..."), setPassword("...") yes; check_password("...") no
-        if op is not None and op.isspace() and not (len(names) == 1 and names[0] in ("password", "passwd")):
-            return False  # SQL `PASSWORD 'x'`, not prose such as "pass 'index' instead"
+        alone = len(names) == 1 and names[0] in ("password", "passwd")
+        if op is not None and op.isspace() and not (macro or alone):
+            return False  # SQL `PASSWORD 'x'`, not prose ("pass 'index' instead"); `#define DB_PASSWORD "x"` is
         return self.has_keyword(names, quoted_name)
 
     def has_keyword(self, names: list[str], quoted_name: bool = False) -> bool:
@@ -402,7 +408,9 @@ class KeywordRecognizer(CodeRecognizer):
         value = (match["quoted"] if quoted else match["bare"]).strip()
         if len(value) < self.MIN_LENGTH or value.lower() in self.PLACEHOLDERS or F.is_templated(value):
             return False
-        if not quoted and not literal and F.is_reference(value):
+        if not quoted and not literal and F.is_reference(value.rstrip(")]}")):  # `f(password=password)`
+            return False
+        if DOTTED_NUMBER.fullmatch(value):  # versions, OIDs
             return False
         return value.count(" ") < 2 and "://" not in value and not value.startswith(("/", "./", "~/", "\\"))
 
@@ -417,6 +425,14 @@ PASS_QUALIFIERS = frozenset("db database user admin root smtp mail email mysql s
                             "login account app api proxy auth my rabbit rabbitmq mongo wifi sudo server sa".split())
 
 
+DOTTED_NUMBER = re.compile(r"\d+(?:\.\d+)+")
+
+
+def names_itself(value: str, names: list[str]) -> bool:
+    """`#define LN_userPassword "userPassword"`: a value made of words of its own name is a label."""
+    return value.replace("_", "").isalpha() and set(F.words(value)) <= set(names)
+
+
 def value_span(match: re.Match) -> Span:
     return match.span("quoted") if match["quoted"] is not None else match.span("bare")
 
@@ -426,13 +442,22 @@ class PasswordRecognizer(KeywordRecognizer):
 
     ENTITY = "PASSWORD"
     KEYWORDS = frozenset("password passwords passwd pwd passphrase passcode passwort contrasena senha "
-                         "motdepasse".split())
+                         "motdepasse pgpassword sshpass".split())
     KEYWORD = re.compile(r"(?i:pass|pwd|contrase|senha|motdepasse)")
     XML = re.compile(r"<(?P<tag>[\w:-]*(?i:pass|pwd)[\w:-]*)>(?P<value>[^<\n]{1,200})</(?P=tag)>")
     SQL = re.compile(r"(?i)\bidentified\s+by\s+(?P<q>['\"])(?P<value>[^'\"\n]{1,200})(?P=q)")
     URL = re.compile(r"[A-Za-z][\w+.-]*://[^\s:/@'\"`]*:(?P<value>[^\s/@'\"`]{1,200})@[\w.-]+")
     # `--password hunter2`, `the password is hunter2`: unquoted, so only values with a digit or symbol
-    LOOSE = re.compile(r"(?i)(?:--(?:password|passwd|pass)[ \t]+"
+    # `mysql -u root -p'x'`, `mysqldump -px` (attached: `-p x` asks for it), `sshpass -p 'x'`
+    FLAG = re.compile(r"(?:\b(?:mysql|mysqldump|mysqladmin|mariadb|mariadb-dump)\b[^\n]*?\s-p|\bsshpass[ \t]+-p[ \t]*)"
+                      r"(?P<q>['\"]?)(?P<value>[^\s'\"]{4,200})(?P=q)")
+    # a password passed by position after a literal user: `DBI->connect($dsn, "user", "x")`,
+    # `auth=("user", "x")`, `HTTPBasicAuth("user", "x")`, `smtp.login("user", "x")`
+    POSITIONAL = re.compile(r"(?:DBI->connect(?:_cached)?\([^,\n]+,|\bauth[ \t]*=[ \t]*[(\[]|"
+                            r"\b(?:HTTPBasicAuth|HTTPDigestAuth|BasicAuth|DigestAuth)\(|\.login\()[ \t]*"
+                            r"(?P<uq>[\"'])[^\"'\n]{1,100}(?P=uq)[ \t]*,[ \t]*"
+                            r"(?P<q>[\"'])(?P<value>[^\"'\n]{4,200})(?P=q)")
+    LOOSE = re.compile(r"(?i)(?:--(?:password|passwd|pass)(?:[ \t]+|=)"
                        r"|(?P<prose>\bpass(?:word|wd)[ \t]+(?:(?:is|was)[ \t]+)?)"
                        r"|(?:curl|wget|http)\b[^\n]*?\s(?:-u|--user)[ \t]+[^\s:'\"]+:)(?P<value>[^\s\"'`]{4,200})")
 
@@ -441,7 +466,7 @@ class PasswordRecognizer(KeywordRecognizer):
         for match in self.XML.finditer(text):
             if self.is_secret_name(F.words(match["tag"])) and self.is_plain_value(match["value"]):
                 yield match.span("value")
-        for pattern in (self.SQL, self.URL):
+        for pattern in (self.SQL, self.URL, self.FLAG, self.POSITIONAL):
             for match in pattern.finditer(text):
                 if self.is_plain_value(match["value"]):
                     yield match.span("value")
