@@ -450,11 +450,13 @@ class CardWriter:
         if not stages and version is None:
             return []
         removed = sum(s["records_removed"] for s in stages)
-        owners = {head.split(":", 1)[1].split("/", 1)[0].lower() for stage, head, _ in self.facts.reasons
-                  if stage in {s["name"] for s in stages} and head.startswith("opt_out:")}
+        targets = {head.split(":", 1)[1].lower() for stage, head, _ in self.facts.reasons
+                   if stage in {s["name"] for s in stages} and head.startswith("opt_out:")}
+        accounts = sum("/" not in t for t in targets)
         return ["## Opt-out", "",
                 f"Opt-out registry version **{version if version is not None else 'unknown'}**: "
-                f"{removed:,} records of {len(owners):,} accounts removed at their owners' request."]
+                f"{removed:,} records removed at their owners' request ({plural(accounts, 'whole account')}, "
+                f"{len(targets) - accounts:,} {'repository' if len(targets) - accounts == 1 else 'repositories'})."]
 
     def other_details(self) -> list[str]:
         rows = [[s["name"], f"`{k}`", f"{v:,}"] for s in self.stats["stages"] for k, v in s["details"].items()

@@ -52,7 +52,8 @@ def test_content_of_wrong_type(tmp_path):
 
 def test_malformed_jsonl(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"repo_name": "a/b", "path": "p", "content": "x"}\n{not json\n')
-    _fails_cleanly(tmp_path, [str(tmp_path / "a.jsonl")], must_name="a.jsonl")
+    line = _fails_cleanly(tmp_path, [str(tmp_path / "a.jsonl")], must_name="a.jsonl")
+    assert "line 2" in line, line
 
 
 def test_nonexistent_input(tmp_path):

@@ -178,3 +178,18 @@ def test_stage_details_get_sections_or_the_generic_table():
     assert top == {("quality_filters", "`filter:max_line_length`"): "4",
                    ("decontaminate", "`contaminated:humaneval`"): "3"}
     assert "Opt-out registry version **4**" in card
+
+
+def test_opt_out_counts_accounts_and_repositories_apart():
+    stages = [{"name": "read", "details": {}}, {"name": "opt_out", "details": {}}]
+    stats = {"stages": [dict(s, records_in=10, records_out=4, records_removed=6, bytes_in=100, bytes_out=40,
+                             seconds=0.1) for s in stages],
+             "totals": {"records_in": 10, "records_out": 4, "records_removed": 6, "bytes_in": 100, "bytes_out": 40,
+                        "seconds": 0.2},
+             "languages": {"Python": {"records": 4, "bytes": 40}}}
+    manifest = {"name": "t", "inputs": [], "packages": {}, "started_at": "2026-01-01T00:00:00+00:00",
+                "optout_registry_version": 3, "stages": [{"name": "opt_out", "kind": "opt_out", "options": {}}]}
+    reasons = [("opt_out", "opt_out:alice", 3), ("opt_out", "opt_out:bob/tools", 2), ("opt_out", "opt_out:Bob/web", 1)]
+    card = render_card(manifest, stats, _facts(reasons))
+    assert ("Opt-out registry version **3**: 6 records removed at their owners' request "
+            "(1 whole account, 2 repositories).") in card

@@ -5,6 +5,7 @@ file-level faults (corrupt shard, missing or mistyped column, no such path) are 
 output is written, and reported as one line naming the file.
 """
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -122,7 +123,23 @@ def read_jsonl(path: str) -> pa.Table:
         with fsspec.open(path, "rb", compression="infer") as f:
             return pajson.read_json(f, read_options=pajson.ReadOptions(block_size=1 << 24))
     except (pa.ArrowInvalid, OSError, EOFError) as e:
-        raise UserError(f"{path}: not valid JSONL ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{path}: not valid JSONL ({_first_bad_line(path) or str(e).splitlines()[0]})") from None
+
+
+def _first_bad_line(path: str) -> str | None:
+    """Where a JSONL file first goes wrong, by line number (Arrow names a row counted from 0 within a block)."""
+    try:
+        with fsspec.open(path, "rt", compression="infer", encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        if not isinstance(json.loads(line), dict):
+                            return f"line {number}: not a JSON object"
+                    except ValueError as e:
+                        return f"line {number}: {e}"
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        return str(e).splitlines()[0] if str(e) else None
+    return None
 
 
 def plan_inputs(paths: list[str], owner: str | None = None, content_from: str | None = None,
