@@ -45,6 +45,14 @@ def _attr(name: str) -> Callable[[Signals], float | int | None]:
     return lambda s: getattr(s, name)
 
 
+SHARE_MIN_CHARS = 200  # a character share says little about a shorter text (a 4-line config with a date or a key)
+
+
+def _share(name: str) -> Callable[[Signals], float | None]:
+    """A character-class share, measured on texts of SHARE_MIN_CHARS or more (None: not applicable)."""
+    return lambda s: getattr(s, name) if s.chars >= SHARE_MIN_CHARS else None
+
+
 def _python_syntax_error(s: Signals) -> int | None:
     return python_syntax_error(s.text, lambda text: has_syntax_error(text, "Python"))
 
@@ -61,12 +69,12 @@ RULES: tuple[Rule, ...] = (
     Rule("xml_header", "flag", True, _attr("xml_header_offset")),
     Rule("max_line_length", "max", 1000, _attr("max_line_length")),
     Rule("mean_line_length", "max", 100, _attr("mean_line_length")),
-    Rule("alphanum_fraction", "min", 0.25, _attr("alphanum_fraction")),
+    Rule("alphanum_fraction", "min", 0.25, _share("alphanum_fraction")),
     # OpenCoder character classes and encoded data
-    Rule("alpha_fraction", "min", 0.25, _attr("alpha_fraction")),
-    Rule("digit_fraction", "max", 0.2, _attr("digit_fraction")),
-    Rule("whitespace_fraction", "max", 0.5, _attr("whitespace_fraction")),
-    Rule("encoded_data_fraction", "max", 0.5, _attr("encoded_data_fraction")),
+    Rule("alpha_fraction", "min", 0.25, _share("alpha_fraction")),
+    Rule("digit_fraction", "max", 0.2, _share("digit_fraction")),
+    Rule("whitespace_fraction", "max", 0.5, _share("whitespace_fraction")),
+    Rule("encoded_data_fraction", "max", 0.5, _share("encoded_data_fraction")),
     # OpenCoder lines
     Rule("dup_lines_fraction", "max", 0.7, _attr("dup_lines_fraction")),
     Rule("comment_fraction", "max", 0.8, _attr("comment_fraction")),

@@ -38,7 +38,7 @@ CASES = {
     "long line": ("Python", LONG_LINE, f"filter:max_line_length={len(NAMES_LINE)}"),
     "xml": (None, '<?xml version="1.0" encoding="utf-8"?>\n<Project Sdk="Microsoft.NET.Sdk">\n  <PropertyGroup>\n'
                   "    <OutputType>Exe</OutputType>\n  </PropertyGroup>\n</Project>\n", "filter:xml_header=0"),
-    "symbols": ("Python", "#" * 40 + "\n" + "-=" * 20 + "\n" + "#" * 40 + "\n", "filter:alphanum_fraction=0"),
+    "symbols": ("Python", ("#" * 40 + "\n" + "-=" * 20 + "\n") * 3 + "#" * 40 + "\n", "filter:alphanum_fraction=0"),
     "digits": ("Python", "".join(f"value_number = {10**13 + i}\n" for i in range(50)), "filter:digit_fraction=0.4667"),
     "whitespace": ("Python", "".join(f"abcdefghi{' ' * 11}\n" for _ in range(50)), "filter:whitespace_fraction=0.5714"),
     "base64 blob": ("Python", '"""Icon data."""\nICON = """\n' + BLOB + '"""\n', "filter:encoded_data_fraction=0.9805"),
@@ -81,6 +81,11 @@ KEPT = {
     "XSLT": ("XSLT", '<?xml version="1.0"?>\n<xsl:stylesheet version="1.0" '
                      'xmlns:xsl="http://www.w3.org/1999/XSL/Transform">\n  <xsl:template match="/">\n'
                      "    <xsl:apply-templates select=\"catalog/book\"/>\n  </xsl:template>\n</xsl:stylesheet>\n"),
+    # small configs: a date, addresses or a key are a large share of a short text
+    "YAML with addresses": ("YAML", "cluster:\n  node_a: 10.12.0.7\n  node_b: 10.12.0.8\n  replicas: 3\n"),
+    "JSON with a date": ("JSON", '{\n  "created": "2023-04-01T12:30:00Z",\n  "kind": "fixture",\n  "n": 1\n}\n'),
+    "Markdown with a public key": ("Markdown", "Add this key to authorized_keys:\n\n```\nssh-ed25519 AAAAC3NzaC1lZDI1"
+                                               "NTE5AAAAI2Y2enXhcTprxv3ywKMjMSLiOg7M7gylSikpFxlVO2aD ci@build\n```\n"),
     # real prose, each paragraph on one line (as Markdown is often written)
     "Markdown with long paragraphs": ("Markdown", "# History\n\n" + "\n\n".join(
         " ".join(p.split()) for p in (STDLIB / "LICENSE.txt").read_text().split("\n\n")[1:4]) + "\n"),
