@@ -168,7 +168,7 @@ def evaluate(cluster: np.ndarray, removed: np.ndarray, truth: tuple, values: np.
 
 
 def sample_corpus(corpus: Path, size: int, seed: int, out: Path, exclude: str | None = None,
-                  drop_generated: bool = False) -> pa.Table:
+                  drop_generated: bool = False, as_shipped: Path | None = None) -> pa.Table:
     table = pa.concat_tables([pq.read_table(f) for f in sorted(corpus.glob("*.parquet"))], promote_options="permissive")
     if exclude:
         table = table.filter(pc.invert(pc.match_substring_regex(table["repo_name"], exclude)))
@@ -178,6 +178,8 @@ def sample_corpus(corpus: Path, size: int, seed: int, out: Path, exclude: str | 
                      for path, text in zip(table["path"].to_pylist(), texts, strict=True)]
         print(f"generated files left out: {sum(generated):,} of {len(generated):,}")
         table = table.filter(pc.invert(pa.array(generated, pa.bool_())))
+    if as_shipped:
+        table = shipped_input(table, as_shipped)
     values, offsets = shingle_sets(table["content"])
     eligible = np.flatnonzero(np.diff(offsets) > 0)
     rng = np.random.default_rng(seed)
@@ -193,6 +195,42 @@ def sample_corpus(corpus: Path, size: int, seed: int, out: Path, exclude: str | 
     sample = sample.set_column(sample.schema.get_field_index("path"), "path", pa.array(paths, pa.string()))
     pq.write_table(sample, out)
     return sample
+
+
+def add_sample_arguments(parser: argparse.ArgumentParser, size: int = 5000) -> None:
+    """The corpus and how it is sampled (shared by the dedup accuracy benches)."""
+    parser.add_argument("corpus", type=Path)
+    parser.add_argument("--sample", type=int, default=size)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--exclude-repos", help="regex of repo_name left out of the corpus before sampling")
+    parser.add_argument("--as-shipped", type=Path, metavar="CONFIG",
+                        help="sample the files CONFIG's row-level stages before its first near_dedup keep "
+                             "(e.g. configs/stack-v2.yaml: language_selection, license_filter, quality_filters)")
+    parser.add_argument("--drop-generated", action="store_true",
+                        help="leave out generated files (language_selection's rule) before sampling")
+
+
+def sample_from(args: argparse.Namespace, out: Path) -> pa.Table:
+    return sample_corpus(args.corpus, args.sample, args.seed, out, args.exclude_repos, args.drop_generated,
+                         args.as_shipped)
+
+
+def shipped_input(table: pa.Table, config: Path) -> pa.Table:
+    """The records `config`'s row-level stages before its first near_dedup keep (opt_out aside): what
+    that stage sees in a run of the config, as those stages leave them."""
+    from pipeline.config import load_config
+    from pipeline.optout.replay import run_row_stages
+    from pipeline.step import GlobalStage
+    from stages import STAGES
+
+    _, specs = load_config(config)
+    first = next(i for i, s in enumerate(specs) if s.kind == "near_dedup")
+    stages = [STAGES[s.kind](s.name, s.options) for s in specs[:first] if s.kind != "opt_out"]
+    stages = [s for s in stages if not isinstance(s, GlobalStage)]
+    results = run_row_stages(stages, table.to_pylist())
+    kept = [row for row, reason in results[-1] if reason is None]
+    print(f"{config.name}'s {', '.join(s.name for s in stages)} keep {len(kept):,} of {table.num_rows:,} files")
+    return pa.Table.from_pylist(kept, schema=table.schema)  # the columns the stages add are left out
 
 
 def fork_of(files: list[tuple[str, str]], donors: list[tuple[str, str]], rng: np.random.Generator):
@@ -254,13 +292,8 @@ def repo_documents(corpus: Path, forks: int, seed: int, threshold: float = 0.85)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("corpus", type=Path)
-    parser.add_argument("--sample", type=int, default=10_000)
+    add_sample_arguments(parser, size=10_000)
     parser.add_argument("--threshold", type=float, default=0.7)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--exclude-repos", help="regex of repo_name left out of the corpus before sampling")
-    parser.add_argument("--drop-generated", action="store_true",
-                        help="leave out generated files (language_selection's rule) before sampling")
     parser.add_argument("--brute-force-check", type=int, default=1500, help="sub-sample checked against brute force")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--repo-forks", type=int, default=0,
@@ -275,8 +308,7 @@ def main() -> None:
         work = Path(tmp)
         (work / "sample").mkdir()
         sample_file = work / "sample" / "sample.parquet"
-        sample = sample_corpus(args.corpus, args.sample, args.seed, sample_file, args.exclude_repos,
-                               args.drop_generated)
+        sample = sample_from(args, sample_file)
         values, offsets = shingle_sets(sample["content"])
         start = time.perf_counter()
         a, b, jac = all_pairs(values, offsets, args.threshold)

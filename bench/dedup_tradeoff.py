@@ -1,6 +1,7 @@
 """near_dedup's clustering trade-off: recall vs cluster precision as the star rule's agreement varies.
 
-    .venv/bin/python bench/dedup_tradeoff.py CORPUS_DIR [--sample 5000] [--drop-generated] [--seed 0]
+    .venv/bin/python bench/dedup_tradeoff.py CORPUS_DIR [--sample 5000] [--seed 0] [--exclude-repos REGEX]
+                                             [--drop-generated | --as-shipped CONFIG]
                                              [--rules 0.5:32 0.6:32 0.75:32 0.99:32]
 
 The same uniform sample as `dedup_accuracy.py` (same arguments, same ground truth). Each rule
@@ -19,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dedup_accuracy import all_pairs, evaluate, sample_corpus, shingle_sets  # noqa: E402
+from dedup_accuracy import add_sample_arguments, all_pairs, evaluate, sample_from, shingle_sets  # noqa: E402
 
 import stages.near_dedup as near_dedup  # noqa: E402
 from stages.lsh import star_clusters  # noqa: E402
@@ -27,16 +28,12 @@ from stages.lsh import star_clusters  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("corpus", type=Path)
-    parser.add_argument("--sample", type=int, default=5000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--drop-generated", action="store_true")
+    add_sample_arguments(parser)
     parser.add_argument("--rules", nargs="*", default=["0.5:32", "0.5:8", "0.6:32", "0.67:32", "0.75:32", "0.99:32"])
     args = parser.parse_args()
     options = near_dedup.NearDedupOptions()
     with tempfile.TemporaryDirectory() as tmp:
-        sample = sample_corpus(args.corpus, args.sample, args.seed, Path(tmp) / "sample.parquet",
-                               drop_generated=args.drop_generated)
+        sample = sample_from(args, Path(tmp) / "sample.parquet")
     values, offsets = shingle_sets(sample["content"])
     truth = all_pairs(values, offsets, options.threshold)
     units = near_dedup.file_units(sample.to_pylist(), options)
