@@ -412,18 +412,25 @@ def apply_optouts(dataset: str | Path, output: str | Path, registry: str | None 
             raise UserError(f"{output}: exists; use --overwrite or another --output")
         if not (dst / "manifest.json").exists():
             raise UserError(f"{output}: not a codecurate output directory; refusing to overwrite it")
-    old = OldRelease(src, registry)
+    helper = TailHelper()
+    try:
+        return _release(OldRelease(src, registry), dst, helper)
+    finally:
+        helper.close()
+
+
+def _release(old: OldRelease, dst: Path, helper: TailHelper) -> dict:
     before = old.manifest.get("optout_registry_version") or 0
     if old.optouts.version < before:  # registries only grow: this is another (or an older) registry
         raise UserError(f"{old.specs[old.k]['options']['registry']}: registry version {old.optouts.version} is older "
-                        f"than the {before} {dataset} was made with; opt-outs are never withdrawn")
+                        f"than the {before} {old.path} was made with; opt-outs are never withdrawn")
     started = datetime.now(UTC)
     tmp = dst.with_name(f".{dst.name}.optout-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     tail_specs = old.spec_models[tail_start(old.stages, old.k):]
-    helper = TailHelper([(s.kind, s.name, s.options.model_dump()) for s in tail_specs])
     try:
+        helper.prepare([(s.kind, s.name, s.options.model_dump()) for s in tail_specs])
         replay = plan(old)
         tail_results = helper.start_stages([a.row for a in replay.arrivals])  # while the shards are rewritten
         leaving = list(replay.leaving.values())
@@ -457,8 +464,6 @@ def apply_optouts(dataset: str | Path, output: str | Path, registry: str | None 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        helper.close()
     if dst.exists():
         shutil.rmtree(dst)
     os.replace(tmp, dst)
