@@ -215,6 +215,14 @@ def sample_from(args: argparse.Namespace, out: Path) -> pa.Table:
                          args.as_shipped)
 
 
+def sample_and_truth(args: argparse.Namespace, threshold: float) -> tuple[pa.Table, np.ndarray, np.ndarray, tuple]:
+    """The sample (in memory), its shingle sets and its exact J >= threshold pairs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sample = sample_from(args, Path(tmp) / "sample.parquet")
+    values, offsets = shingle_sets(sample["content"])
+    return sample, values, offsets, all_pairs(values, offsets, threshold)
+
+
 def shipped_input(table: pa.Table, config: Path) -> pa.Table:
     """The records `config`'s row-level stages before its first near_dedup keep (opt_out aside): what
     that stage sees in a run of the config, as those stages leave them."""

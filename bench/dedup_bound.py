@@ -45,7 +45,6 @@ optimum when that closed.
 import argparse
 import math
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +56,7 @@ from scipy.sparse import block_diag, coo_matrix, csr_matrix, vstack
 from scipy.sparse.csgraph import connected_components
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dedup_accuracy import add_sample_arguments, all_pairs, evaluate, sample_from, shingle_sets  # noqa: E402
+from dedup_accuracy import add_sample_arguments, evaluate, sample_and_truth  # noqa: E402
 
 import stages.near_dedup as near_dedup  # noqa: E402
 
@@ -457,10 +456,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     options = near_dedup.NearDedupOptions()
-    with tempfile.TemporaryDirectory() as tmp:
-        sample = sample_from(args, Path(tmp) / "sample.parquet")
-    values, offsets = shingle_sets(sample["content"])
-    truth = all_pairs(values, offsets, options.threshold)
+    sample, values, offsets, truth = sample_and_truth(args, options.threshold)
     n = sample.num_rows
     components = components_of(n, *truth)
     n_hard = sum(int(c.hard.sum()) for c in components)

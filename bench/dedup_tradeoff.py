@@ -13,14 +13,13 @@ the shipped rule it gives the figures of a `pipeline run`).
 import argparse
 import functools
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dedup_accuracy import add_sample_arguments, all_pairs, evaluate, sample_from, shingle_sets  # noqa: E402
+from dedup_accuracy import add_sample_arguments, evaluate, sample_and_truth  # noqa: E402
 
 import stages.near_dedup as near_dedup  # noqa: E402
 from stages.lsh import star_clusters  # noqa: E402
@@ -32,10 +31,7 @@ def main() -> None:
     parser.add_argument("--rules", nargs="*", default=["0.5:32", "0.5:8", "0.6:32", "0.67:32", "0.75:32", "0.99:32"])
     args = parser.parse_args()
     options = near_dedup.NearDedupOptions()
-    with tempfile.TemporaryDirectory() as tmp:
-        sample = sample_from(args, Path(tmp) / "sample.parquet")
-    values, offsets = shingle_sets(sample["content"])
-    truth = all_pairs(values, offsets, options.threshold)
+    sample, values, offsets, truth = sample_and_truth(args, options.threshold)
     units = near_dedup.file_units(sample.to_pylist(), options)
     units = units.select([c for c in units.column_names if units[c].type != pa.null()])  # keep_order needs types
     units = units.append_column("uid", pa.array(np.arange(units.num_rows)))

@@ -143,6 +143,15 @@ def _facts(reasons: list[tuple[str, str, int]]) -> DataFacts:
     return DataFacts([("content", "string")], 1, 10, [], [], SizeSummary(), SizeSummary(), reasons, {})
 
 
+def _stats(stages: list[dict], removed_per_stage: int, kept: int) -> dict:
+    """stats.json for 10 input records of 10 bytes each: every stage removes `removed_per_stage`."""
+    return {"stages": [dict(s, records_in=10, records_out=10 - removed_per_stage, records_removed=removed_per_stage,
+                            bytes_in=100, bytes_out=10 * (10 - removed_per_stage), seconds=0.1) for s in stages],
+            "totals": {"records_in": 10, "records_out": kept, "records_removed": 10 - kept, "bytes_in": 100,
+                       "bytes_out": 10 * kept, "seconds": round(0.1 * len(stages), 1)},
+            "languages": {"Python": {"records": kept, "bytes": 10 * kept}}}
+
+
 def test_stage_details_get_sections_or_the_generic_table():
     """Sections for stages other issues add, rendered from stats.json/removed/ shapes the SPEC fixes."""
     stages = [
@@ -153,11 +162,7 @@ def test_stage_details_get_sections_or_the_generic_table():
         {"name": "pii", "details": {"EMAIL": 5, "KEY": 2, "records_redacted": 6}},
         {"name": "quality_filters", "details": {"filter:max_line_length": 4, "files_scanned": 9}},
     ]
-    stats = {"stages": [dict(s, records_in=10, records_out=8, records_removed=2, bytes_in=100, bytes_out=80,
-                             seconds=0.1) for s in stages],
-             "totals": {"records_in": 10, "records_out": 3, "records_removed": 7, "bytes_in": 100, "bytes_out": 30,
-                        "seconds": 0.4},
-             "languages": {"Python": {"records": 3, "bytes": 30}}}
+    stats = _stats(stages, removed_per_stage=2, kept=3)
     manifest = {"name": "t", "inputs": [], "packages": {}, "started_at": "2026-01-01T00:00:00+00:00",
                 "optout_registry_version": 4,
                 "stages": [{"name": "decontaminate", "kind": "decontaminate",
@@ -182,11 +187,7 @@ def test_stage_details_get_sections_or_the_generic_table():
 
 def test_opt_out_counts_accounts_and_repositories_apart():
     stages = [{"name": "read", "details": {}}, {"name": "opt_out", "details": {}}]
-    stats = {"stages": [dict(s, records_in=10, records_out=4, records_removed=6, bytes_in=100, bytes_out=40,
-                             seconds=0.1) for s in stages],
-             "totals": {"records_in": 10, "records_out": 4, "records_removed": 6, "bytes_in": 100, "bytes_out": 40,
-                        "seconds": 0.2},
-             "languages": {"Python": {"records": 4, "bytes": 40}}}
+    stats = _stats(stages, removed_per_stage=6, kept=4)
     manifest = {"name": "t", "inputs": [], "packages": {}, "started_at": "2026-01-01T00:00:00+00:00",
                 "optout_registry_version": 3, "stages": [{"name": "opt_out", "kind": "opt_out", "options": {}}]}
     reasons = [("opt_out", "opt_out:alice", 3), ("opt_out", "opt_out:bob/tools", 2), ("opt_out", "opt_out:Bob/web", 1)]
