@@ -205,6 +205,12 @@ PASSWORD_TEMPLATES = [
     '#define ADMIN_PASSWORD "{v}"', "PGPASSWORD={v} psql -h db.acme-corp.com -U app orders",
     "sshpass -p '{v}' ssh build-host uptime", 'r = requests.get(url, auth=("admin", "{v}"))',
     'my $dbh = DBI->connect("DBI:mysql:database=crm;host=db1", "crm_rw", "{v}");',
+    'const DB_PASS: &str = "{v}";', 'var dbPassword string = "{v}"', 'ds.setPassword("{v}");',
+    'Connection c = DriverManager.getConnection("jdbc:mysql://db:3306/app", "root", "{v}");',
+    "docker login -u deploy -p {v} registry.acme-corp.com", "redis-cli -h cache -a {v} ping", "requirepass {v}",
+    "ENV DB_PASSWORD {v}", "db.acme-corp.com:5432:appdb:app_user:{v}",
+    'db, err := sql.Open("mysql", "root:{v}@tcp(db:3306)/app")',
+    "keytool -genkey -alias app -keystore app.jks -storepass {v}", 'curl --user "admin:{v}" https://api.acme-corp.com/',
 ]
 
 
@@ -265,6 +271,15 @@ def negative_templates(v: Values) -> list[tuple[str, str, str]]:
         ("oid", "KEY", '#define OID_PRIVATE_KEY_USAGE_PERIOD "2.5.29.16"'),
         ("example_key", "KEY", "export AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE"),
         ("flag", "PASSWORD", "gcc -pthread -pipe -o app app.c && pytest -p no:cacheprovider"),
+        ("go_sum", "KEY", "github.com/pkg/errors v0.9.1 h1:oIff9PgWEEDnDTdIh9R4YhX3HX9uZIi/MB7XJ+8/1tc="),
+        ("shell_default", "PASSWORD", "      POSTGRES_PASSWORD: ${DB_PASSWORD:-postgres}"),
+        ("signature", "PASSWORD", "pub fn login(user: &str, password: &str) -> Result<Token> {"),
+        ("yaml_alias", "PASSWORD", "  password: *default_password"),
+        ("user_agent", "IP_ADDRESS", 'UA = "Mozilla/5.0 Chrome/120.0.0.0 Safari/537.36"'),
+        ("placeholder", "KEY", "STRIPE_KEY=sk_live_xxxxxxxxxxxxxxxxxxxxxxxx"),
+        ("placeholder", "PASSWORD", "mysql -u root -p'YOUR_PASSWORD_HERE' app"),
+        ("public_token", "KEY",
+         "mapboxgl.accessToken = 'pk.eyJ1IjoiYWNtZSIsImEiOiJjbGJ4eDF6ZjAwMDFvM3BvN2Q5a3Y4dGJ4In0.Qk7bU3fE9xZ1mR2n'"),
         ("test_vector", "KEY", f'    expected = "{sha256}"'), ("test_vector", "KEY", f"data = bytes.fromhex('{md5}')"),
         ("encoded_text", "KEY", f'ENCODED = "{base64.b64encode(b"The quick brown fox jumps over it").decode()}"'),
         ("alphabet", "KEY", 'ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"'),

@@ -61,12 +61,17 @@ CANDIDATE_LINE = "|".join((
     r"\b[23][0-9A-Fa-f]{3}:[0-9A-Fa-f]{0,4}:",  # IPv6 global unicast (2000::/3)
     r"-----BEGIN|PuTTY-User-Key",  # private keys
     r"gh[pousr]_|glpat-|xox[a-z]-|eyJ|sk_live_|rk_live_|SG\.|AccountKey=|_authToken|hooks\.slack|"  # token prefixes
-    r"AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9]|npm_|github_pat_|hf_|AIza|sk-|shpat_|dop_v1_|xapp-|ya29\.",
+    r"AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9]|npm_|github_pat_|hf_|AIza|sk-|shpat_|dop_v1_|xapp-|ya29\.|"
+    r"NRAK-|PMAK-|AGE-SECRET-KEY-|LTAI|:APA91b|[?&]sig=",
     _KEYWORD,
     r"^\s*(?:-\s+)?(?:export\s+)?[\w.-]*(?i:pass|pwd|secret|token)[\w.-]*\s*[=:]\s*\S",  # .env / YAML, any value
     r"[?&;](?i:[\w.-]*(?:pass|pwd|secret|token|key)[\w.-]*)=",  # query and connection strings
     r"(?:-u|--user)\s+[^\s:]+:|(?i:basic)\s+[A-Za-z0-9+/]{12}|value=",  # curl -u, HTTP Basic, XML key/value
-    r"\b(?:mysql|mysqldump|mysqladmin|mariadb)\b.*\s-p\S|\bsshpass\s|"  # mysql -px, sshpass -p x
+    r"\b(?:mysql|mysqldump|mysqladmin|mariadb)\b.*\s-p\S|\bsshpass\s|\bdocker\b.*\blogin\b|redis-cli|\bzip\b.*\s-P\s|"
+    r"(?:store|key)pass\s|\spass:|smbclient|htpasswd|(?i:ConvertTo-SecureString)|requirepass|masterauth|bindpw|rootpw|"
+    r"getConnection\(|mysqli|mysql_connect\(|PDO\(|"  # command lines and config directives
+    r"(?i:pass|pwd|secret|token|key)\w*\s+(?:string|\[\]byte)\s*=|"  # Go: var dbPassword string = "..."
+    r"@(?:tcp|unix)\(|^[\w*][\w.*-]*:(?:\d+|\*):[\w.*-]+:[\w.*-]+:[^:\s]+$",  # Go DSNs, .pgpass lines
     r"DBI->connect|\bauth\s*=\s*[(\[]|Auth\(|\.login\(",  # positional passwords
 ))
 DIGIT_RUN = r"[0-9][A-Za-z0-9+/=]{11}|[A-Za-z0-9+/=]{11}[0-9]"

@@ -29,6 +29,7 @@ EXAMPLE_TLDS = ("example", "test", "invalid", "localhost", "local")
 _VERSION_BEFORE = re.compile(
     r"(?i:version|__version__|\bver|release|\brev|revision|\btag)[\w-]*[\s\"'=:(,\[]*$"  # version = "1.2.3.4"
     r"|(?:==|>=|<=|~=|!=|\^|~)\s*$"  # pins: pkg==1.2.3.4, pkg>=1.2.3.4, ^1.2.3.4
+    r"|[A-Za-z]/$"  # product tokens: Chrome/120.0.0.0
 )
 _HASH_WORDS = re.compile(r"(?i)sha|md5|hash|checksum|digest|integrity|commit|\brev|etag|fingerprint|crc|blob|"
                          r"oid|object|tree|nonce|salt|signature")
@@ -39,7 +40,7 @@ _BLOB_MAGIC = ("iVBORw0KGgo", "/9j/", "R0lGOD", "UklGR", "JVBERi0", "UEsDB", "H4
 _TEMPLATE = re.compile(r"\$\{|\{\{|\}\}|%\(|^%[sd]$|%[sdr].*%[sdr]|\{\}|\*.*\*.*\*|"
                        r"^\$[A-Za-z_]|^<[^>]*>$|^\{[^}]*\}$|^\[[^\]]*\]$|\*{3}|^x{3,}$|"
                        r"^\.{3}|^(?i:your|my|some|enter|insert|replace|example|dummy|fake|sample|placeholder|"
-                       r"redacted|changeme|todo|none|null|nil|undefined|true|false|empty)\b|"
+                       r"redacted|changeme|todo|none|null|nil|undefined|true|false|empty)(?:\b|_)|[xX]{6,}|"
                        r"EXAMPLE(?:KEY)?$")  # vendors' documented examples: AWS's AKIAIOSFODNN7EXAMPLE
 # A bare value that names something: `password`, `self.pw`, `cfg.db.password`, `get_pw()`, `args[0]`.
 _REFERENCE = re.compile(r"^(?:[A-Za-z_]+|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+|[A-Za-z_][\w.]*[(\[].*|[(\[{].*)$")
@@ -90,7 +91,7 @@ def is_hash_like(value: str, line: str) -> bool:
     return is_hex(value) and len(value) in (32, 40, 56, 64, 96, 128) and bool(_HASH_WORDS.search(line))
 
 
-_INTEGRITY = re.compile(r"(?i)sha(?:1|224|256|384|512)[-:=]")
+_INTEGRITY = re.compile(r"(?i)sha(?:1|224|256|384|512)[-:=]|\bh1:")  # also go.sum's `h1:<base64 sha256>`
 
 
 def is_integrity_hash(around_start: str) -> bool:
@@ -128,6 +129,11 @@ def is_reference(value: str) -> bool:
 
 def is_uuid(value: str) -> bool:
     return heuristic.is_potential_uuid(value)
+
+
+def is_public_token(value: str) -> bool:
+    """Public by design: Mapbox `pk.` tokens (JWT-shaped) and jwt.io's example token (docs and tests)."""
+    return value.startswith("pk.eyJ") or value.endswith("SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c")
 
 
 def is_sequential(value: str) -> bool:

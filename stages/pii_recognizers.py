@@ -225,7 +225,10 @@ class SecretsRecognizer(CodeRecognizer):
     # Token formats detect-secrets 1.5 only knows in one context (npm outside .npmrc) or not at all.
     PREFIXED = re.compile(r"(?<![\w-])(?:npm_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82}|hf_[A-Za-z]{34}|"
                           r"AIza[0-9A-Za-z_-]{35}|sk-(?:proj|ant|live)-[A-Za-z0-9_-]{20,}|shpat_[a-fA-F0-9]{32}|"
-                          r"dop_v1_[a-f0-9]{64}|xapp-\d-[A-Z0-9]+-\d+-[a-z0-9]+|ya29\.[0-9A-Za-z_-]{20,})")
+                          r"dop_v1_[a-f0-9]{64}|xapp-\d-[A-Z0-9]+-\d+-[a-z0-9]+|ya29\.[0-9A-Za-z_-]{20,}|"
+                          r"NRAK-[A-Z0-9]{27}|PMAK-[0-9a-f]{24}-[0-9a-f]{34}|AGE-SECRET-KEY-1[0-9A-Z]{58}|"
+                          r"LTAI[0-9A-Za-z]{12,20}|AAAA[A-Za-z0-9_-]{7}:APA91b[A-Za-z0-9_-]{100,})"
+                          r"|(?<=[?&]sig=)[A-Za-z0-9%+/]{20,}(?:%3D|=){0,2}")  # Azure SAS signatures
     # An unquoted base64 run standing alone (a key pasted in a comment); blobs are runs of such lines. Bare
     # hex runs are left alone: commit ids and digests, indistinguishable from hex keys without a keyword.
     LONE_RUN = re.compile(r"(?<![A-Za-z0-9+/=_.-])[A-Za-z0-9+/]{32,100}={0,2}(?![A-Za-z0-9+/=_.-])")
@@ -247,7 +250,8 @@ class SecretsRecognizer(CodeRecognizer):
                 for match in regex.finditer(text):
                     start, end = token_bounds(text, *secret_span(match))
                     value = text[start:end]
-                    if len(value) < 8 or F.is_templated(value) or F.is_sequential(value):
+                    if len(value) < 8 or F.is_templated(value) or F.is_sequential(value) or \
+                            F.is_public_token(text[max(0, start - 3):end]):
                         continue
                     if not isinstance(plugin, jwt.JwtTokenDetector) and self.in_data(value, text, start, end):
                         continue  # `AC` + 32 lowercase (Twilio) and the like also occur inside base64 blobs
@@ -304,7 +308,7 @@ _DEFINE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+\Z", re.M)  # a C macro's name 
 _QUOTED = r"(?P<q>[\"'`])(?P<quoted>(?:(?!(?P=q))[^\n\\]|\\.){1,200})(?P=q)"
 _BARE = r"(?P<bare>(?:[^\s\"'`,;&<>]|&(?![\w.-]+=)){1,200})"  # stops at `&next=` of a query string
 ASSIGNMENT_TAIL = re.compile(
-    r"[\"'\]]{0,2}(?:[ \t]*:[ \t]*[A-Za-z_][\w\[\]., |]*?)?[ \t]*"
+    r"[\"'\]]{0,2}(?:[ \t]*:[ \t]*&?(?:'\w+[ \t]+)?[A-Za-z_][\w\[\]., |]*?|[ \t]+(?:string|\[\]byte)(?=[ \t]*=))?[ \t]*"
     rf"(?:(?P<op>=>|:=|===?|=|:(?!:)|\(|,|[ \t])[ \t]*{_QUOTED}|(?P<bare_op>=>|:=|=|:(?!:))[ \t]*{_BARE})"
 )
 _NAME_START = re.compile(r"[\w.-]*\Z")
@@ -348,7 +352,7 @@ class KeywordRecognizer(CodeRecognizer):
             end = _NAME_END.match(text, hit.end()).end()
             last_end = end
             match = ASSIGNMENT_TAIL.match(text, end)
-            if match is None:
+            if match is None or text[max(0, start - 2):start] == "${":
                 continue
             names = F.words(text[start:end])
             quoted_name = start > 0 and text[start - 1] in "\"'" and text.startswith(text[start - 1], end)
@@ -356,7 +360,8 @@ class KeywordRecognizer(CodeRecognizer):
                 continue  # setProperty("password", "value") and ("password", "value") pairs, not longer lists
             literal = self.is_literal_context(text, start, match)
             macro = bool(_DEFINE.search(text, max(0, start - 40), start))
-            if self.is_secret_name(names, match, quoted_name, macro) and self.is_secret_value(match, literal) \
+            setter = F.words(text[start:end].rsplit(".", 1)[-1])[:1] == ["set"]
+            if self.is_secret_name(names, match, quoted_name, macro, setter) and self.is_secret_value(match, literal) \
                     and not names_itself(match["quoted"] or match["bare"], names):
                 yield value_span(match)
         for match in XML_KEY_VALUE.finditer(text):
@@ -386,12 +391,13 @@ class KeywordRecognizer(CodeRecognizer):
         return len(value) >= self.MIN_LENGTH and value.lower() not in self.PLACEHOLDERS and not F.is_templated(value)
 
     def is_secret_name(self, names: list[str], match: re.Match | None = None, quoted_name: bool = False,
-                       macro: bool = False) -> bool:
-        if not names or any(w in self.META_WORDS for w in names):
+                       macro: bool = False, receiver_setter: bool = False) -> bool:
+        if not names or any(w in self.META_WORDS and not (w == "store" and i and names[i - 1] in ("key", "trust"))
+                            for i, w in enumerate(names)):  # a keyStorePassword is a password, a password_store not
             return False
         op = match["op"] if match is not None else None
-        if op == "(" and not (len(names) == 1 or names[0] in SETTER_WORDS):
-            return False  # password("..."), setPassword("...") yes; check_password("...") no
+        if op == "(" and not (len(names) == 1 or names[0] in SETTER_WORDS or receiver_setter):
+            return False  # password("..."), setPassword("..."), ds.setPassword("...") yes; check_password("...") no
         alone = len(names) == 1 and names[0] in ("password", "passwd")
         if op is not None and op.isspace() and not (macro or alone):
             return False  # SQL `PASSWORD 'x'`, not prose ("pass 'index' instead"); `#define DB_PASSWORD "x"` is
@@ -410,6 +416,8 @@ class KeywordRecognizer(CodeRecognizer):
             return False
         if not quoted and not literal and F.is_reference(value.rstrip(")]}")):  # `f(password=password)`
             return False
+        if not quoted and match["bare_op"] == ":" and value[:1] in ("*", "!", "&", "|", ">"):
+            return False  # YAML `password: *default`, `password: !vault |`
         if DOTTED_NUMBER.fullmatch(value):  # versions, OIDs
             return False
         return value.count(" ") < 2 and "://" not in value and not value.startswith(("/", "./", "~/", "\\"))
@@ -449,31 +457,45 @@ class PasswordRecognizer(KeywordRecognizer):
     URL = re.compile(r"[A-Za-z][\w+.-]*://[^\s:/@'\"`]*:(?P<value>[^\s/@'\"`]{1,200})@[\w.-]+")
     # `--password hunter2`, `the password is hunter2`: unquoted, so only values with a digit or symbol
     # `mysql -u root -p'x'`, `mysqldump -px` (attached: `-p x` asks for it), `sshpass -p 'x'`
-    FLAG = re.compile(r"(?:\b(?:mysql|mysqldump|mysqladmin|mariadb|mariadb-dump)\b[^\n]*?\s-p|\bsshpass[ \t]+-p[ \t]*)"
-                      r"(?P<q>['\"]?)(?P<value>[^\s'\"]{4,200})(?P=q)")
+    # (mysql's `-p x` asks for it: the value must be attached), `docker login -p x`, `redis-cli -a x`,
+    # `zip -P x`, `keytool -storepass x`, `openssl ... -passout pass:x`, `smbclient -U user%x`,
+    # `htpasswd -b FILE user x`, `ConvertTo-SecureString "x" -AsPlainText`, redis/LDAP config directives
+    FLAG = re.compile(r"(?:\b(?:mysql|mysqldump|mysqladmin|mariadb|mariadb-dump)\b[^\n]*?\s-p|\bsshpass[ \t]+-p[ \t]*"
+                      r"|\bdocker\b[^\n]*?\blogin\b[^\n]*?\s-p[ \t]+|\bredis-cli\b[^\n]*?\s-a[ \t]+"
+                      r"|\bzip\b[^\n]*?\s-P[ \t]+|\s-(?:src|dest)?(?:store|key)pass[ \t]+|\s-pass(?:in|out)?[ \t]+pass:"
+                      r"|\bsmbclient\b[^\n]*?\s-U[ \t]+[^\s%]+%"
+                      r"|\bhtpasswd[ \t]+(?:-\w+[ \t]+)*[^\s-]\S*[ \t]+[^\s-]\S*[ \t]+"
+                      r"|(?i:ConvertTo-SecureString)[ \t]+(?:-String[ \t]+)?(?=['\"][^\n]*-AsPlainText)"
+                      r"|^[ \t]*(?:requirepass|masterauth|bindpw|rootpw)[ \t]+"
+                      r"|^[ \t]*ENV[ \t]+\w*(?i:pass|pwd)\w*[ \t]+"  # Dockerfile `ENV DB_PASSWORD x`
+                      r"|^[\w*][\w.*-]*:(?:\d+|\*):[\w.*-]+:[\w.*-]+:(?=[^:\s]+$))"  # .pgpass `host:port:db:user:x`
+                      r"(?P<q>['\"]?)(?P<value>[^\s'\"]{4,200})(?P=q)", re.M)
     # a password passed by position after a literal user: `DBI->connect($dsn, "user", "x")`,
     # `auth=("user", "x")`, `HTTPBasicAuth("user", "x")`, `smtp.login("user", "x")`
-    POSITIONAL = re.compile(r"(?:DBI->connect(?:_cached)?\([^,\n]+,|\bauth[ \t]*=[ \t]*[(\[]|"
+    POSITIONAL = re.compile(r"(?:(?:DBI->connect(?:_cached)?|getConnection|mysqli(?:_connect)?|mysql_connect|PDO)"
+                            r"\([^,\n]+,|\bauth[ \t]*=[ \t]*[(\[]|"
                             r"\b(?:HTTPBasicAuth|HTTPDigestAuth|BasicAuth|DigestAuth)\(|\.login\()[ \t]*"
                             r"(?P<uq>[\"'])[^\"'\n]{1,100}(?P=uq)[ \t]*,[ \t]*"
                             r"(?P<q>[\"'])(?P<value>[^\"'\n]{4,200})(?P=q)")
-    LOOSE = re.compile(r"(?i)(?:--(?:password|passwd|pass)(?:[ \t]+|=)"
+    GO_DSN = re.compile(r"[\"'`][\w.-]+:(?P<value>[^\s:@\"'`]{4,200})@(?:tcp|unix)\(")  # "user:x@tcp(db:3306)/app"
+    LOOSE = re.compile(r"(?i)(?:--(?:password|passwd|pass|requirepass|masterauth)(?:[ \t]+|=)"
                        r"|(?P<prose>\bpass(?:word|wd)[ \t]+(?:(?:is|was)[ \t]+)?)"
-                       r"|(?:curl|wget|http)\b[^\n]*?\s(?:-u|--user)[ \t]+[^\s:'\"]+:)(?P<value>[^\s\"'`]{4,200})")
+                       r"|(?P<user>(?:curl|wget|http)\b[^\n]*?\s(?:-u|--user)[ \t]+['\"]?[^\s:'\"]+:))"
+                       r"(?P<value>[^\s\"'`]{4,200})")
 
     def spans(self, text: str) -> Iterator[Span]:
         yield from super().spans(text)
         for match in self.XML.finditer(text):
             if self.is_secret_name(F.words(match["tag"])) and self.is_plain_value(match["value"]):
                 yield match.span("value")
-        for pattern in (self.SQL, self.URL, self.FLAG, self.POSITIONAL):
+        for pattern in (self.SQL, self.URL, self.FLAG, self.POSITIONAL, self.GO_DSN):
             for match in pattern.finditer(text):
                 if self.is_plain_value(match["value"]):
                     yield match.span("value")
         for match in self.LOOSE.finditer(text):
             value = match["value"].rstrip(".,;:)")
             needs = str.isdigit if match["prose"] else (lambda c: not c.isalpha())  # prose: "password and/or"
-            if self.is_plain_value(value) and any(needs(c) for c in value):
+            if self.is_plain_value(value) and (match["user"] or any(needs(c) for c in value)):
                 yield match.start("value"), match.start("value") + len(value)
 
     def is_plain_value(self, value: str) -> bool:
@@ -519,4 +541,5 @@ class TokenAssignmentRecognizer(KeywordRecognizer):
         if not super().is_secret_value(match, literal):
             return False
         value = (match["quoted"] if match["quoted"] is not None else match["bare"]).strip()
-        return " " not in value and (any(c.isdigit() for c in value) or F.is_gibberish(value))
+        return " " not in value and (any(c.isdigit() for c in value) or F.is_gibberish(value)) \
+            and not F.is_public_token(value)
