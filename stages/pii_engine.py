@@ -73,6 +73,7 @@ CANDIDATE_LINE = "|".join((
     r"(?i:pass|pwd|secret|token|key)\w*\s+(?:string|\[\]byte)\s*=|"  # Go: var dbPassword string = "..."
     r"@(?:tcp|unix)\(|^[\w*][\w.*-]*:(?:\d+|\*):[\w.*-]+:[\w.*-]+:[^:\s]+$",  # Go DSNs, .pgpass lines
     r"DBI->connect|\bauth\s*=\s*[(\[]|Auth\(|\.login\(",  # positional passwords
+    r"\"auth\"\s*:\s*\"|^kind:\s*Secret|^\s+[\w.-]+:\s*[A-Za-z0-9+/]{6,}[0-9+/=][A-Za-z0-9+/=]*\s*$",  # base64
 ))
 DIGIT_RUN = r"[0-9][A-Za-z0-9+/=]{11}|[A-Za-z0-9+/=]{11}[0-9]"
 _RUN = re.compile(r"[A-Za-z0-9+/=]{16,}")

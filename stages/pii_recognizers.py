@@ -6,6 +6,7 @@ the false-positive filters of `stages.pii_filters`; none needs NLP artifacts (NA
 `SpacyRecognizer` on a user-supplied NER pipeline).
 """
 
+import base64
 import re
 import string
 from collections.abc import Iterator
@@ -258,6 +259,7 @@ class SecretsRecognizer(CodeRecognizer):
                     yield start, end
         for match in self.PREFIXED.finditer(text):
             yield match.span()
+        yield from encoded_credentials(text)
         candidates = set(self.base64.analyze_string(text)) | set(self.hex.analyze_string(text))
         candidates.update(match[1] for match in self.BARE_VALUE.finditer(text))
         candidates.update(match[0] for match in self.LONE_RUN.finditer(text)
@@ -431,6 +433,34 @@ TYPE_NAMES = frozenset("str string bytes int bool float dict list text any optio
 # `db_pass`, `SMTP_PASS`: `pass` as the last word of a name counts after these only (not `forward_pass`, `PassT`)
 PASS_QUALIFIERS = frozenset("db database user admin root smtp mail email mysql sql pg postgres ftp sftp ssh redis ldap "
                             "login account app api proxy auth my rabbit rabbitmq mongo wifi sudo server sa".split())
+
+
+# Credentials stored base64-encoded: Docker's `"auth": base64("user:password")` and a Kubernetes Secret's
+# `data:` values (base64 of the secret itself; `stringData:` holds them plain and the keyword rules apply).
+DOCKER_AUTH = re.compile(r"\"auth\"\s*:\s*\"(?P<value>[A-Za-z0-9+/]{8,}={0,2})\"")
+K8S_SECRET = re.compile(r"(?m)^kind:[ \t]*Secret[ \t]*$")
+K8S_DATA_VALUE = re.compile(r"^[ \t]+[\w.-]+:[ \t]*(?P<value>[A-Za-z0-9+/]{4,}={0,2})[ \t]*$")
+
+
+def encoded_credentials(text: str) -> Iterator[Span]:
+    for match in DOCKER_AUTH.finditer(text):
+        if b":" in _b64(match["value"]):
+            yield match.span("value")
+    if K8S_SECRET.search(text):
+        for block in re.finditer(r"(?m)^data:[ \t]*\n((?:[ \t]+.*(?:\n|$))+)", text):
+            at = block.start(1)
+            for line in block[1].splitlines(keepends=True):
+                value = K8S_DATA_VALUE.match(line.rstrip("\n"))
+                if value and _b64(value["value"]):
+                    yield at + value.start("value"), at + value.end("value")
+                at += len(line)
+
+
+def _b64(value: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        return b""
 
 
 DOTTED_NUMBER = re.compile(r"\d+(?:\.\d+)+")

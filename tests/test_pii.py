@@ -198,3 +198,24 @@ def test_name_without_ner_model_is_a_config_error(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     line = result.stderr.strip()
     assert "\n" not in line and "stages[0].pii" in line and "ner_model" in line
+
+
+def test_base64_encoded_credentials(stage):
+    """Docker's `auths` hold base64("user:password"); a Kubernetes Secret's `data:` holds base64 values.
+    A ConfigMap's data and a Docker auth that does not decode to `user:password` stay."""
+    import base64
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    auth = b64("deploy:Fy1NoKGFqqaICf")
+    docker = '{\n  "auths": {\n    "registry.acme-corp.com": {\n      "auth": "' + auth + '"\n    }\n  }\n}\n'
+    secret = ("apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ntype: Opaque\ndata:\n"
+              f"  username: {b64('admin')}\n  password: {b64('lQ1ZlZCqDPf6aDzE')}\n")
+    config_map = secret.replace("kind: Secret", "kind: ConfigMap")
+    not_auth = '{"auth": "' + b64("no colon in here at all") + '"}\n'
+    docs = [_doc(docker, "b1"), _doc(secret, "b2"), _doc(config_map, "b3"), _doc(not_auth, "b4")]
+    assert stage.filter_batch(docs) == [True] * 4
+    assert auth not in docs[0].text and '"auth": "<KEY>"' in docs[0].text
+    assert b64("lQ1ZlZCqDPf6aDzE") not in docs[1].text and b64("admin") not in docs[1].text
+    assert docs[2].text == config_map and docs[3].text == not_auth
