@@ -40,7 +40,8 @@ _BLOB_MAGIC = ("iVBORw0KGgo", "/9j/", "R0lGOD", "UklGR", "JVBERi0", "UEsDB", "H4
 _TEMPLATE = re.compile(r"\$\{|\{\{|\}\}|%\(|^%[sd]$|%[sdr].*%[sdr]|\{\}|\*.*\*.*\*|"
                        r"^\$[A-Za-z_]|^<[^>]*>$|^\{[^}]*\}$|^\[[^\]]*\]$|\*{3}|^x{3,}$|"
                        r"^\.{3}|^(?i:your|my|some|enter|insert|replace|example|dummy|fake|sample|placeholder|"
-                       r"redacted|changeme|todo|none|null|nil|undefined|true|false|empty)(?:\b|_)|[xX]{6,}|"
+                       r"redacted|changeme|todo|none|null|nil|undefined|true|false|empty)\b|[xX]{6,}|"
+                       r"^(?i:your|enter|insert|replace|example|dummy|fake|sample|placeholder|changeme)_|"
                        r"EXAMPLE(?:KEY)?$")  # vendors' documented examples: AWS's AKIAIOSFODNN7EXAMPLE
 # A bare value that names something: `password`, `self.pw`, `cfg.db.password`, `get_pw()`, `args[0]`.
 _REFERENCE = re.compile(r"^(?:[A-Za-z_]+|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+|[A-Za-z_][\w.]*[(\[].*|[(\[{].*)$")
