@@ -38,7 +38,7 @@ _BASE64_DATA = re.compile(r"(?i)base64,|;base64|data:")
 _BLOB_MAGIC = ("iVBORw0KGgo", "/9j/", "R0lGOD", "UklGR", "JVBERi0", "UEsDB", "H4sI", "d09GR", "AAABAA", "PHN2Zy",
                "PD94bW")
 _TEMPLATE = re.compile(r"\$\{|\{\{|\}\}|%\(|^%[sd]$|%[sdr].*%[sdr]|\{\}|\*.*\*.*\*|"
-                       r"^\$[A-Za-z_]|^<[^>]*>$|^\{[^}]*\}$|^\[[^\]]*\]$|\*{3}|^x{3,}$|"
+                       r"^\$[A-Za-z_(]|^<[^>]*>$|^\{[^}]*\}$|^\[[^\]]*\]$|\*{3}|^x{3,}$|"
                        r"^\.{3}|^(?i:your|my|some|enter|insert|replace|example|dummy|fake|sample|placeholder|"
                        r"redacted|changeme|todo|none|null|nil|undefined|true|false|empty)\b|[xX]{6,}|"
                        r"^(?i:your|enter|insert|replace|example|dummy|fake|sample|placeholder|changeme)_|"
