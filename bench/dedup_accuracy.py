@@ -4,7 +4,8 @@ Ground truth: exact Jaccard of our code 5-gram shingles (`shingle_hashes`) over 
 uniform sample, found with a prefix-filtered inverted index and checked against brute force on a
 sub-sample. A true pair (J >= threshold) is found when both files end in the same cluster.
 
-    .venv/bin/python bench/dedup_accuracy.py CORPUS_DIR [--sample 10000] [--threshold 0.7]
+    .venv/bin/python bench/dedup_accuracy.py CORPUS_DIR [--sample 10000] [--threshold 0.7] [--seed 0]
+                     [--exclude-repos REGEX] [--drop-generated | --as-shipped configs/stack-v2.yaml]
     .venv/bin/python bench/dedup_accuracy.py CORPUS_DIR --repo-forks 300   # repository document: union vs concatenation
 
 CORPUS_DIR holds Parquet files with `content` (e.g. the data/ of `pipeline ingest @python /usr/include ...`).
