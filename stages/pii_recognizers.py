@@ -362,8 +362,8 @@ class KeywordRecognizer(CodeRecognizer):
                 continue  # setProperty("password", "value") and ("password", "value") pairs, not longer lists
             literal = self.is_literal_context(text, start, match)
             macro = bool(_DEFINE.search(text, max(0, start - 40), start))
-            setter = F.words(text[start:end].rsplit(".", 1)[-1])[:1] == ["set"]
-            if self.is_secret_name(names, match, quoted_name, macro, setter) and self.is_secret_value(match, literal) \
+            callee = F.words(text[start:end].rsplit(".", 1)[-1])  # `ds.setPassword(`: the method's own words
+            if self.is_secret_name(names, match, quoted_name, macro, callee) and self.is_secret_value(match, literal) \
                     and not names_itself(match["quoted"] or match["bare"], names):
                 yield value_span(match)
         for match in XML_KEY_VALUE.finditer(text):
@@ -380,10 +380,10 @@ class KeywordRecognizer(CodeRecognizer):
         if before[-1:] in ("?", "&", ";"):
             return True
         at_line_start = before.strip() in ("", "export", "-", "- export")  # also YAML list items
-        rest = text[match.end():line_bounds(text, match.end())[1]].strip()
         if match["bare_op"] == "=" and at_line_start:  # `DB_PASSWORD=x`, also before a command: `PGPASSWORD=x psql`
             name = text[start:match.start()].strip("\"'] ")
             return name.isupper() and text[match.start("bare_op") - 1] != " "
+        rest = text[match.end():line_bounds(text, match.end())[1]].strip()
         if not at_line_start or rest and not rest.startswith("#"):
             return False  # the value must end the line: not `password: bool, optional` in a docstring
         value = match["bare"]
@@ -393,12 +393,12 @@ class KeywordRecognizer(CodeRecognizer):
         return len(value) >= self.MIN_LENGTH and value.lower() not in self.PLACEHOLDERS and not F.is_templated(value)
 
     def is_secret_name(self, names: list[str], match: re.Match | None = None, quoted_name: bool = False,
-                       macro: bool = False, receiver_setter: bool = False) -> bool:
+                       macro: bool = False, callee: list[str] | None = None) -> bool:
         if not names or any(w in self.META_WORDS and not (w == "store" and i and names[i - 1] in ("key", "trust"))
                             for i, w in enumerate(names)):  # a keyStorePassword is a password, a password_store not
             return False
         op = match["op"] if match is not None else None
-        if op == "(" and not (len(names) == 1 or names[0] in SETTER_WORDS or receiver_setter):
+        if op == "(" and not (len(names) == 1 or (callee or names)[0] in SETTER_WORDS):
             return False  # password("..."), setPassword("..."), ds.setPassword("...") yes; check_password("...") no
         alone = len(names) == 1 and names[0] in ("password", "passwd")
         if op is not None and op.isspace() and not (macro or alone):
