@@ -594,11 +594,18 @@ def render_card(manifest: dict, stats: dict, facts: DataFacts) -> str:
     return CardWriter(manifest, stats, facts).render()
 
 
-def write_card(out: Path, manifest: dict, stats: dict) -> None:
-    """data_card.md and its PNG plots in `out` (called at the end of every run, and by `pipeline card`)."""
+def plot_stats(out: Path, stats: dict) -> None:
+    """The plots drawn from `stats` alone (another process may draw them while `write_card` runs)."""
+    plot_funnel(stats, Path(out) / PLOTS["funnel"])
+    plot_languages(stats, Path(out) / PLOTS["languages"])
+
+
+def write_card(out: Path, manifest: dict, stats: dict, with_stats_plots: bool = True) -> None:
+    """data_card.md and its PNG plots in `out` (called at the end of every run, and by `pipeline card`);
+    `with_stats_plots=False` leaves `plot_stats` to the caller."""
     out = Path(out)
     facts = read_facts(out, manifest.get("stages", []))
-    plot_funnel(stats, out / PLOTS["funnel"])
-    plot_languages(stats, out / PLOTS["languages"])
+    if with_stats_plots:
+        plot_stats(out, stats)
     plot_sizes(facts.before, facts.after, out / PLOTS["sizes"])
     (out / "data_card.md").write_text(render_card(manifest, stats, facts))

@@ -158,7 +158,12 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """The console command: `main`, then exit without tearing down the interpreter's modules (a
     few tenths of a second after a run imported pyarrow, datatrove and matplotlib). Exit handlers
-    still run and output streams are flushed; every file of the run is closed by then."""
+    still run and output streams are flushed; every file of the run is closed by then.
+    On Linux Arrow allocates with jemalloc unless ARROW_DEFAULT_MEMORY_POOL says otherwise: it returns
+    memory to the system less eagerly than the default mimalloc, so re-reading and re-writing shards
+    page-faults less (`optout apply` 0.7 CPU-s less system time, runs 2-4% faster; README)."""
+    if sys.platform == "linux":  # before pyarrow is imported; worker processes inherit it
+        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
     code = main()
     atexit._run_exitfuncs()
     logging.shutdown()

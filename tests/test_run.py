@@ -216,3 +216,21 @@ def test_results_do_not_depend_on_worker_count(tmp_path, corpus):
     assert run_cli("run", str(cfg), "--quiet", "--output", str(tmp_path / "w2"), "--workers", "2").returncode == 0
     assert len(list((tmp_path / "w1" / "data").glob("*.parquet"))) > 2
     assert snapshot(tmp_path / "w1") == snapshot(tmp_path / "w2")
+
+
+def test_the_command_allocates_arrow_memory_with_jemalloc_unless_told_otherwise():
+    """`entry` (the console command) picks the allocator before anything imports pyarrow; a user's
+    ARROW_DEFAULT_MEMORY_POOL wins."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import pipeline.cli as cli\n"
+             "cli.main = lambda: print(__import__('pyarrow').default_memory_pool().backend_name) or 0\n"
+             "cli.entry()\n")
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    chosen = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert chosen.stdout.strip() == ("jemalloc" if sys.platform == "linux" else pa.default_memory_pool().backend_name)
+    told = subprocess.run([sys.executable, "-c", probe], env={**env, "ARROW_DEFAULT_MEMORY_POOL": "system"},
+                          capture_output=True, text=True, check=True)
+    assert told.stdout.strip() == "system"

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.card import import_plotting_in_background
 from pipeline.config import RunConfig, StageSpec
 from pipeline.errors import UserError
 from pipeline.executors.pool import cpu_count
@@ -272,11 +273,11 @@ class ReleaseWriter:
                                          pa.array(values, table.schema.field(column).type))
             gone = [i for i, r in enumerate(rows) if r in moves]
             if gone:
-                for i, length in zip(gone, pc.binary_length(table.take(gone)[CONTENT]).to_pylist(), strict=True):
+                for i, length in zip(gone, pc.binary_length(table[CONTENT].take(gone)).to_pylist(), strict=True):
                     sizes[Ref(index, rows[i])] = length or 0
                 rebuilt = [i for i in gone if Ref(index, rows[i]) in self.originals]
                 if rebuilt:  # rows a later stage rewrote: their rebuilt original goes to removed/
-                    for i, text in zip(rebuilt, table.take(rebuilt)[CONTENT].to_pylist(), strict=True):
+                    for i, text in zip(rebuilt, table[CONTENT].take(rebuilt).to_pylist(), strict=True):
                         if self.originals[Ref(index, rows[i])].get(CONTENT) != text:
                             rewritten.add(Ref(index, rows[i]))
                 for folder in sorted({moves[rows[i]].folder for i in gone if moves[rows[i]] is not None}):
@@ -437,6 +438,7 @@ def _release(old: OldRelease, dst: Path, helper: TailHelper) -> dict:
         originals = Originals(old.stages, old.path, old.manifest, leaving, lambda lv: tuple(lv.key.split("\0")),
                               lambda ref: old.shards[ref.file].task)
         writer = ReleaseWriter(old, tmp, originals.rows)
+        import_plotting_in_background()  # the card's last plot is drawn here, while the helper draws the others
         sizes = writer.rewrite_shards(replay)
         replay.run_tail(tail_results())
         writer.write_new_shards(replay)

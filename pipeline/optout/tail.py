@@ -13,7 +13,7 @@ import multiprocessing
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.card import write_card
+from pipeline.card import plot_stats, write_card
 from pipeline.optout.replay import run_row_stages, set_up
 
 _stages: list = []  # in the helper: the tail stages, set up once
@@ -62,12 +62,19 @@ class TailHelper:
         return results
 
     def start_card(self, out: Path, manifest: dict, stats: dict) -> Callable[[], None]:
-        """Start writing the data card (in this process once the helper is stopped); returns the call
-        that waits for it."""
+        """Start writing the data card; returns the call that finishes it. The helper draws the plots
+        of `stats` while this process reads the new release's facts and draws the rest (everything
+        here once the helper is stopped)."""
         if self.pool is None:
             write_card(out, manifest, stats)
             return lambda: None
-        return self.pool.apply_async(write_card, (out, manifest, stats)).get
+        plots = self.pool.apply_async(plot_stats, (out, stats))
+
+        def finish() -> None:
+            write_card(out, manifest, stats, with_stats_plots=False)
+            plots.get()
+
+        return finish
 
     def close(self) -> None:
         if self.pool is not None:
