@@ -211,6 +211,7 @@ PASSWORD_TEMPLATES = [
     "ENV DB_PASSWORD {v}", "db.acme-corp.com:5432:appdb:app_user:{v}",
     'db, err := sql.Open("mysql", "root:{v}@tcp(db:3306)/app")',
     "keytool -genkey -alias app -keystore app.jks -storepass {v}", 'curl --user "admin:{v}" https://api.acme-corp.com/',
+    "pass = {v}", 'psk="{v}"', "ldap_bind_pw = {v}",
 ]
 
 
@@ -268,6 +269,8 @@ def negative_templates(v: Values) -> list[tuple[str, str, str]]:
         ("password_ref", "PASSWORD", "return BasicAuth(username=username, password=password)"),
         ("password_ref", "PASSWORD", '#define PASSWORD_PROMPT "Password: "'),
         ("label", "PASSWORD", '#define LN_userPassword         "userPassword"'),
+        ("label", "PASSWORD", '#define LN_kx_ecdhe_psk         "kx-ecdhe-psk"'),
+        ("counter", "PASSWORD", "for (pass = 0; pass < passes; pass++) {"), ("verdict", "PASSWORD", "  pass: 120"),
         ("oid", "KEY", '#define OID_PRIVATE_KEY_USAGE_PERIOD "2.5.29.16"'),
         ("example_key", "KEY", "export AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE"),
         ("flag", "PASSWORD", "gcc -pthread -pipe -o app app.c && pytest -p no:cacheprovider"),
@@ -355,9 +358,13 @@ def positive_snippet(v: Values, entity: str) -> tuple[str, str, str, list[str]]:
     r = v.rng
     if entity == "EMAIL":
         value = v.email()
-        if r.random() < 0.1:  # obfuscated
+        roll = r.random()
+        if roll < 0.1:  # obfuscated
             user, domain = value.split("@")
             value = f"{user} [at] {domain.replace('.', ' [dot] ')}"
+        elif roll < 0.15:  # URL-encoded in a query string
+            value = value.replace("@", "%40")
+            return "email_encoded", entity, f"https://lists.acme-corp.com/unsubscribe?email={value}&list=dev", [value]
         return "email", entity, r.choice(EMAIL_TEMPLATES).format(v=value, c="{c}"), [value]
     if entity == "IP_ADDRESS":
         if r.random() < 0.2:

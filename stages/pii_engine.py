@@ -50,12 +50,12 @@ RECOGNIZERS = {
 
 # RE2 (pyarrow) line pre-scan. Anything a recognizer can find starts on a line matching CANDIDATE_LINE,
 # or on a line with a long digit-and-letter run that `random_looking` accepts (keys and tokens).
-_KEYWORD = (r"(?i:pass|pwd|secret|token|credential|creds|bearer|identified\s+by|"
+_KEYWORD = (r"(?i:pass|pwd|psk|[_.-]pw\b|secret|token|credential|creds|bearer|identified\s+by|"
             r"(?:api|access|auth|private|client|signing|encryption|app|master|session)[_.-]?key)"
             r"[\w.\-\]\"']*(?:\s*:\s*[A-Za-z_][\w\[\]., |]*?)?\s*(?:=>|:=|==|=|:|\(|,|>|\s|is\s|was\s)\s*"
             r"(?:[\"'`]|[^\s\"'`]*[0-9!@#$%^&*+/~])")
 CANDIDATE_LINE = "|".join((
-    r"[\w.%+-]@[A-Za-z0-9-]+\.|(?i:[\[(<{]\s?at\s?[\])>}])",  # email, also `john [at] corp [dot] com`
+    r"[\w.%+-](?:@|%40)[A-Za-z0-9-]+\.|(?i:[\[(<{]\s?at\s?[\])>}])",  # email, also `john [at] corp [dot] com`
     r"://[^\s/@]*:[^\s/@]*@",  # URL credentials
     r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}",  # IPv4
     r"\b[23][0-9A-Fa-f]{3}:[0-9A-Fa-f]{0,4}:",  # IPv6 global unicast (2000::/3)

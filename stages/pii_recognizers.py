@@ -130,7 +130,7 @@ class EmailRecognizer(CodeRecognizer):
     """
 
     ENTITY = "EMAIL"
-    _AT = r"(?:@|\s?[\[(<{]\s?(?i:at)\s?[\])>}]\s?)"
+    _AT = r"(?:@|%40|\s?[\[(<{]\s?(?i:at)\s?[\])>}]\s?)"  # also URL-encoded: `?email=jane%40corp.com`
     _DOT = r"(?:\.|\s?[\[(<{]\s?(?i:dot)\s?[\])>}]\s?)"
     PATTERN = re.compile(
         rf"(?<![\w.%+-])[A-Za-z0-9][\w.%+-]{{0,63}}{_AT}"
@@ -313,6 +313,7 @@ ASSIGNMENT_TAIL = re.compile(
     r"[\"'\]]{0,2}(?:[ \t]*:[ \t]*&?(?:'\w+[ \t]+)?[A-Za-z_][\w\[\]., |]*?|[ \t]+(?:string|\[\]byte)(?=[ \t]*=))?[ \t]*"
     rf"(?:(?P<op>=>|:=|===?|=|:(?!:)|\(|,|[ \t])[ \t]*{_QUOTED}|(?P<bare_op>=>|:=|=|:(?!:))[ \t]*{_BARE})"
 )
+MIXED = re.compile(r"[A-Za-z][^A-Za-z]|[^A-Za-z][A-Za-z]")  # letters and other characters (not `1000`, `passed`)
 _NAME_START = re.compile(r"[\w.-]*\Z")
 _NAME_END = re.compile(r"[\w.-]*")
 SETTER_WORDS = frozenset({"set", "with", "use"})
@@ -361,10 +362,13 @@ class KeywordRecognizer(CodeRecognizer):
             if match["op"] == "," and not (quoted_name and text[:start - 1].rstrip().endswith(("(", "["))):
                 continue  # setProperty("password", "value") and ("password", "value") pairs, not longer lists
             literal = self.is_literal_context(text, start, match)
+            line_key = match["bare_op"] in ("=", ":") and MIXED.search(match["bare"]) is not None and \
+                text[text.rfind("\n", 0, start) + 1:start].strip() in ("", "-", "export")  # INI, YAML, .env
             macro = bool(_DEFINE.search(text, max(0, start - 40), start))
             callee = F.words(text[start:end].rsplit(".", 1)[-1])  # `ds.setPassword(`: the method's own words
-            if self.is_secret_name(names, match, quoted_name, macro, callee) and self.is_secret_value(match, literal) \
-                    and not names_itself(match["quoted"] or match["bare"], names):
+            value = match["quoted"] or match["bare"]
+            if self.is_secret_name(names, match, quoted_name or line_key, macro, callee) \
+                    and self.is_secret_value(match, literal) and not names_itself(value, names):
                 yield value_span(match)
         for match in XML_KEY_VALUE.finditer(text):
             if self.is_secret_name(F.words(match["name"])) and self.is_plain(match["value"]):
@@ -392,8 +396,9 @@ class KeywordRecognizer(CodeRecognizer):
     def is_plain(self, value: str) -> bool:
         return len(value) >= self.MIN_LENGTH and value.lower() not in self.PLACEHOLDERS and not F.is_templated(value)
 
-    def is_secret_name(self, names: list[str], match: re.Match | None = None, quoted_name: bool = False,
+    def is_secret_name(self, names: list[str], match: re.Match | None = None, key: bool = False,
                        macro: bool = False, callee: list[str] | None = None) -> bool:
+        """`key`: the name is plainly a key (quoted, or a config line's: `pass = x` in an INI file)."""
         if not names or any(w in self.META_WORDS and not (w == "store" and i and names[i - 1] in ("key", "trust"))
                             for i, w in enumerate(names)):  # a keyStorePassword is a password, a password_store not
             return False
@@ -403,9 +408,9 @@ class KeywordRecognizer(CodeRecognizer):
         alone = len(names) == 1 and names[0] in ("password", "passwd")
         if op is not None and op.isspace() and not (macro or alone):
             return False  # SQL `PASSWORD 'x'`, not prose ("pass 'index' instead"); `#define DB_PASSWORD "x"` is
-        return self.has_keyword(names, quoted_name)
+        return self.has_keyword(names, key)
 
-    def has_keyword(self, names: list[str], quoted_name: bool = False) -> bool:
+    def has_keyword(self, names: list[str], key: bool = False) -> bool:
         return any(self.is_keyword(w) for w in names)
 
     def is_keyword(self, word: str) -> bool:
@@ -432,7 +437,8 @@ TYPE_NAMES = frozenset("str string bytes int bool float dict list text any optio
                        "password char".split())
 # `db_pass`, `SMTP_PASS`: `pass` as the last word of a name counts after these only (not `forward_pass`, `PassT`)
 PASS_QUALIFIERS = frozenset("db database user admin root smtp mail email mysql sql pg postgres ftp sftp ssh redis ldap "
-                            "login account app api proxy auth my rabbit rabbitmq mongo wifi sudo server sa".split())
+                            "login account app api proxy auth my rabbit rabbitmq mongo wifi sudo server sa "
+                            "bind".split())
 
 
 # Credentials stored base64-encoded: Docker's `"auth": base64("user:password")` and a Kubernetes Secret's
@@ -467,8 +473,9 @@ DOTTED_NUMBER = re.compile(r"\d+(?:\.\d+)+")
 
 
 def names_itself(value: str, names: list[str]) -> bool:
-    """`#define LN_userPassword "userPassword"`: a value made of words of its own name is a label."""
-    return value.replace("_", "").isalpha() and set(F.words(value)) <= set(names)
+    """`#define LN_userPassword "userPassword"`, `#define LN_kx_psk "kx-psk"`: a value made of words of its
+    own name is a label."""
+    return re.sub(r"[_.-]", "", value).isalpha() and set(F.words(value)) <= set(names)
 
 
 def value_span(match: re.Match) -> Span:
@@ -481,7 +488,7 @@ class PasswordRecognizer(KeywordRecognizer):
     ENTITY = "PASSWORD"
     KEYWORDS = frozenset("password passwords passwd pwd passphrase passcode passwort contrasena senha "
                          "motdepasse pgpassword sshpass".split())
-    KEYWORD = re.compile(r"(?i:pass|pwd|contrase|senha|motdepasse)")
+    KEYWORD = re.compile(r"(?i:pass|pwd|contrase|senha|motdepasse|psk\b|(?<=[_.-])pw\b)")
     XML = re.compile(r"<(?P<tag>[\w:-]*(?i:pass|pwd)[\w:-]*)>(?P<value>[^<\n]{1,200})</(?P=tag)>")
     SQL = re.compile(r"(?i)\bidentified\s+by\s+(?P<q>['\"])(?P<value>[^'\"\n]{1,200})(?P=q)")
     URL = re.compile(r"[A-Za-z][\w+.-]*://[^\s:/@'\"`]*:(?P<value>[^\s/@'\"`]{1,200})@[\w.-]+")
@@ -534,11 +541,13 @@ class PasswordRecognizer(KeywordRecognizer):
     def is_keyword(self, word: str) -> bool:
         return word in self.KEYWORDS
 
-    def has_keyword(self, names: list[str], quoted_name: bool = False) -> bool:
-        """`pass` alone is Python's statement, LLVM's passes, a test verdict: only `db_pass`, `SMTP_PASS`
-        or a quoted key (`{'pass': ...}`)."""
-        return (any(self.is_keyword(w) for w in names) or names[-1] == "pass" and (
-            quoted_name if len(names) == 1 else names[-2] in PASS_QUALIFIERS))
+    def has_keyword(self, names: list[str], key: bool = False) -> bool:
+        """`pass` alone is Python's statement, LLVM's passes, a test verdict: only `db_pass`, `SMTP_PASS`,
+        a quoted key (`{'pass': ...}`) or a config line's (`pass = x`); `pw` the same, never alone; `psk`
+        (Wi-Fi's pre-shared key) as the last word (`wifi_psk`, not `psk_identity`)."""
+        last = names[-1]
+        return (any(self.is_keyword(w) for w in names) or last == "psk" or last in ("pass", "pw") and (
+            key and last == "pass" if len(names) == 1 else names[-2] in PASS_QUALIFIERS))
 
 
 class TokenAssignmentRecognizer(KeywordRecognizer):

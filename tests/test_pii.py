@@ -219,3 +219,21 @@ def test_base64_encoded_credentials(stage):
     assert auth not in docs[0].text and '"auth": "<KEY>"' in docs[0].text
     assert b64("lQ1ZlZCqDPf6aDzE") not in docs[1].text and b64("admin") not in docs[1].text
     assert docs[2].text == config_map and docs[3].text == not_auth
+
+
+def test_config_line_pass_wifi_psk_qualified_pw_and_url_encoded_emails(stage):
+    """`pass` alone is a password key on a config line with a mixed value (INI, YAML, .env), `psk` is one
+    as the last word of a name, `pw` after a qualifier (`ldap_bind_pw`); `%40` is an encoded `@`.
+    Counters, verdicts, Python's statement and OpenSSL's `LN_kx_psk "kx-psk"` labels stay."""
+    secrets = {"[smtp]\nuser = mailer\npass = Sup3rS3cret\n": "Sup3rS3cret",
+               "network={\n    ssid=\"home\"\n    psk=\"correcthorse99\"\n}\n": "correcthorse99",
+               "wifi_psk: \"letmein99\"\n": "letmein99", "ldap_bind_pw = Secr3t99\n": "Secr3t99",
+               "next = '/login?email=jane.roe%40acme-corp.com&x=1'\n": "jane.roe%40acme-corp.com"}
+    kept = ["for (pass = 0; pass < 2; pass++) {\n", "pass = 1000\n", "tests:\n  pass: 120\n  fail: 3\n",
+            "pass: passed\n", "ok: 10\npass: 100%\n", "    pass\n", "psk_identity = \"client1\"\n",
+            "pw = 'Secr3t99'\n", '#define LN_kx_ecdhe_psk         "kx-ecdhe-psk"\n', "s = 'a%40b'\n"]
+    docs = [_doc(text, f"s{i}") for i, text in enumerate(secrets)] + [_doc(t, f"k{i}") for i, t in enumerate(kept)]
+    assert stage.filter_batch(docs) == [True] * len(docs)
+    for doc, secret in zip(docs, secrets.values(), strict=False):
+        assert secret not in doc.text and doc.metadata["pii_redactions"] == 1, doc.text
+    assert [doc.text for doc in docs[len(secrets):]] == kept
