@@ -22,6 +22,9 @@ class DecontaminateOptions(StageOptions):
     # the share of one benchmark string's distinctive n-grams that makes a record contaminated
     min_overlap: float = Field(default=0.5, gt=0, le=1, allow_inf_nan=False)
     min_ngrams: int = Field(default=10, ge=1)  # fewer distinctive n-grams: that string is matched exactly only
+    # ...except code defining a function or class with at least this many: a record must hold all of them
+    # (short solutions, also after a code formatter changed what the exact matcher sees)
+    min_named_ngrams: int = Field(default=5, ge=1)
     normalize_identifiers: bool = True  # also match code with identifiers as placeholders (renamed copies)
     # code with placeholders, or naming no function, is often idiom (`d = a.copy(); d.update(b); return d`):
     # a record must hold at least this many of such a string's n-grams

@@ -38,6 +38,10 @@ _DEFINITION = re.compile(r"^\s*(?:async\s+)?(?:def|class)\s+\w", re.MULTILINE)
 # An n-gram found in this many tasks is boilerplate (HumanEval's METADATA block, `for i in range(len(arr))`);
 # two is still distinctive: benchmarks hold duplicate tasks (MBPP has pairs with the same solution).
 GENERIC_TASKS = 3
+# `if (x):`, `return (x)`, `x = (a + b)`, `not (x)`: black and ruff format drop such parentheses where they are
+# redundant and add them to split long lines; neither side of a match keeps them (`code_tokens`)
+PAREN_OPENERS = ("if", "elif", "while", "return", "assert", "in", "not", "and", "or", "yield", "await", "else", "=")
+MAX_PAREN_DEPTH = 64
 BITMAP_BITS = 24  # membership prefilter: 2 MB, so nearly every n-gram of clean code costs one bit test
 
 
@@ -65,13 +69,32 @@ def _is_prefix(buf, start, end):
     return True
 
 
+@njit(cache=True, inline="always")
+def _closer_follows(buf, i):
+    """Whether the next byte after whitespace and comments from `i` closes a bracket (a trailing comma)."""
+    n = buf.size
+    while i < n:
+        c = buf[i]
+        if c == 35:
+            while i < n and buf[i] != 10:
+                i += 1
+        elif c == 32 or c == 9 or c == 10 or c == 13:
+            i += 1
+        else:
+            return c == 41 or c == 93 or c == 125
+    return False
+
+
 @njit(cache=True)
-def code_tokens(buf, keywords):
+def code_tokens(buf, keywords, openers):
     """Token hashes of UTF-8 `buf` and which tokens are identifiers that may be renamed.
 
     Whitespace, comments (# to end of line), quotes and backslashes make no token; words (case-folded),
     numbers and single punctuation bytes do. Words inside strings, attribute names (after '.') and
     `keywords` (sorted hashes: Python keywords, builtins, typing names) are never renameable.
+    What code formatters (black, ruff format) add or remove makes no token either, so a formatted copy
+    keeps its n-grams: `;`, trailing commas, and parentheses opened right after one of `openers` (sorted
+    hashes: `if`, `return`, `=`, ...) with their closing one (`if (len(s) == 1):` is `if len(s) == 1:`).
     """
     n = buf.size
     tok = np.empty(n, np.uint64)
@@ -81,6 +104,9 @@ def code_tokens(buf, keywords):
     quote = 0
     triple = False
     after_dot = False
+    dropped = np.zeros(MAX_PAREN_DEPTH, np.bool_)  # per open parenthesis (outside strings): made no token
+    depth = 0
+    prev = U64(0)  # the last token
     while i < n:
         c = buf[i]
         if c == 10 or c == 13:
@@ -118,6 +144,7 @@ def code_tokens(buf, keywords):
                 continue
             t = _mix(h)
             tok[ntok] = t
+            prev = t
             if quote != 0 or after_dot or 48 <= c <= 57:
                 ident[ntok] = False
             else:
@@ -126,11 +153,28 @@ def code_tokens(buf, keywords):
             ntok += 1
             after_dot = False
         else:
-            tok[ntok] = _mix(_PUNCT_SEED ^ U64(c))
+            i += 1
+            if quote == 0:
+                if c == 59 or c == 44 and _closer_follows(buf, i):
+                    continue
+                if c == 40:
+                    k = np.searchsorted(openers, prev)
+                    drop = k < openers.size and openers[k] == prev
+                    if depth < MAX_PAREN_DEPTH:
+                        dropped[depth] = drop
+                    depth += 1
+                    if drop:
+                        continue
+                elif c == 41 and depth > 0:
+                    depth -= 1
+                    if depth < MAX_PAREN_DEPTH and dropped[depth]:
+                        continue
+            t = _mix(_PUNCT_SEED ^ U64(c))
+            tok[ntok] = t
             ident[ntok] = False
             ntok += 1
+            prev = t
             after_dot = c == 46
-            i += 1
     return tok[:ntok], ident[:ntok]
 
 
@@ -190,11 +234,20 @@ def count_views(positions, offsets, views, nviews):
     return counts
 
 
+def token_hashes(texts) -> np.ndarray:
+    """The sorted token hashes of one-token texts."""
+    none = np.empty(0, np.uint64)
+    return np.array(sorted({int(code_tokens(to_bytes(t), none, none)[0][0]) for t in texts}), dtype=np.uint64)
+
+
 def keyword_hashes() -> np.ndarray:
     """Names a renaming leaves alone: Python keywords, builtins, typing names, self/cls."""
-    names = {*keyword.kwlist, *keyword.softkwlist, *dir(builtins), *typing.__all__, "self", "cls"}
-    hashes = {int(code_tokens(np.frombuffer(n.encode(), np.uint8), np.empty(0, np.uint64))[0][0]) for n in names}
-    return np.array(sorted(hashes), dtype=np.uint64)
+    return token_hashes({*keyword.kwlist, *keyword.softkwlist, *dir(builtins), *typing.__all__, "self", "cls"})
+
+
+def opener_hashes() -> np.ndarray:
+    """Tokens after which a parenthesis may be redundant, so formatters drop or add it."""
+    return token_hashes(PAREN_OPENERS)
 
 
 def to_bytes(text: str) -> np.ndarray:
@@ -247,37 +300,44 @@ class NgramMatcher:
     """The distinctive n-grams of every benchmark string, in views: raw, and for code with identifiers as
     placeholders. A view counts when it has `min_ngrams` n-grams; a record matches it when it holds
     `min_overlap` of them and, for views prone to idiom (placeholders, or code naming no function or
-    class, like a HumanEval solution body), at least `min_idiom_ngrams` of them."""
+    class, like a HumanEval solution body), at least `min_idiom_ngrams` of them. The raw view of code
+    defining a function or class counts from `min_named_ngrams`: below `min_ngrams` a record must hold
+    all of them (a short named solution, whose name makes it specific)."""
 
     def __init__(self, items: list[BenchmarkItem], size: int, min_overlap: float, min_ngrams: int,
-                 min_idiom_ngrams: int, normalize_identifiers: bool):
+                 min_named_ngrams: int, min_idiom_ngrams: int, normalize_identifiers: bool):
         self.size = size
         self.normalize = normalize_identifiers
         self.keywords = keyword_hashes()
+        self.openers = opener_hashes()
         view_hashes: list[np.ndarray] = []
         view_task: list[int] = []
         view_floor: list[int] = []  # n-grams a record must hold besides min_overlap
+        view_named: list[bool] = []  # the raw view of code defining a function or class
         for task, item in enumerate(items):
             for text, is_code in [*((t, False) for t in item.texts), *((c, True) for c in item.code)]:
-                raw, norm, _ = ngram_hashes(*code_tokens(to_bytes(text), self.keywords), size,
+                raw, norm, _ = ngram_hashes(*code_tokens(to_bytes(text), self.keywords, self.openers), size,
                                             is_code and self.normalize)
-                named = not is_code or _DEFINITION.search(text) is not None
+                defines = is_code and _DEFINITION.search(text) is not None
                 view_hashes.append(raw)
                 view_task.append(task)
-                view_floor.append(0 if named else min_idiom_ngrams)
+                view_floor.append(0 if defines or not is_code else min_idiom_ngrams)
+                view_named.append(defines)
                 if is_code and self.normalize:
                     view_hashes.append(norm)
                     view_task.append(task)
                     view_floor.append(min_idiom_ngrams)
+                    view_named.append(False)
         hashes, views = self._distinctive(view_hashes, np.array(view_task, np.int64))
         sizes = np.bincount(views, minlength=len(view_hashes))
         floor = np.array(view_floor, np.int64)
-        usable = sizes >= np.maximum(min_ngrams, floor)
+        short = np.array(view_named, np.bool_) & (sizes >= min_named_ngrams) & (sizes < min_ngrams)
+        usable = (sizes >= np.maximum(min_ngrams, floor)) | short
         keep = usable[views]
         hashes, views = hashes[keep], views[keep]
         self.view_task = np.array(view_task, np.int64)
         self.view_size = np.where(usable, sizes, 0)
-        need = np.maximum(np.ceil(min_overlap * sizes - 1e-9).astype(np.int64), floor)
+        need = np.where(short, sizes, np.maximum(np.ceil(min_overlap * sizes - 1e-9).astype(np.int64), floor))
         self.need = np.where(usable, need, np.iinfo(np.int64).max)
         self.hashes, starts = np.unique(hashes, return_index=True)  # `hashes` is sorted: views of a hash are a run
         self.offsets = np.append(starts, hashes.size).astype(np.int64)
@@ -310,7 +370,8 @@ class NgramMatcher:
         """The task whose string the record covers best (at least `min_overlap`), or None."""
         if not self.hashes.size:
             return None
-        raw, norm, has_ident = ngram_hashes(*code_tokens(to_bytes(text), self.keywords), self.size, self.normalize)
+        raw, norm, has_ident = ngram_hashes(*code_tokens(to_bytes(text), self.keywords, self.openers), self.size,
+                                            self.normalize)
         found = np.empty(raw.size + norm.size, np.int64)
         nfound = lookup_hashes(raw, self.bitmap, self.shift, self.hashes, found, 0)
         if self.normalize:
@@ -333,6 +394,7 @@ class MatchSettings:
     ngram_size: int
     min_overlap: float
     min_ngrams: int
+    min_named_ngrams: int
     min_idiom_ngrams: int
     normalize_identifiers: bool
 
@@ -344,7 +406,7 @@ class ContaminationIndex:
         self.items = items
         self.exact = ExactMatcher(items, settings.min_chars)
         self.ngram = NgramMatcher(items, settings.ngram_size, settings.min_overlap, settings.min_ngrams,
-                                  settings.min_idiom_ngrams, settings.normalize_identifiers)
+                                  settings.min_named_ngrams, settings.min_idiom_ngrams, settings.normalize_identifiers)
 
     def match(self, text: str) -> tuple[BenchmarkItem, str] | None:
         task = self.exact.match(text)

@@ -12,7 +12,10 @@ import keyword
 import os
 import random
 import re
+import subprocess
+import sys
 import sysconfig
+import tempfile
 import tokenize
 import warnings
 from collections import Counter
@@ -24,7 +27,7 @@ import pytest
 from conftest import SHARED, read_dir, run_cli, stdlib_files, stdlib_rows, write_config, write_parquet
 
 REASON = re.compile(r"^contaminated:(humaneval|mbpp)/(.+):(exact|ngram)$")
-EDITS = ("verbatim", "reindent", "comments", "rename", "all", "split")
+EDITS = ("verbatim", "reindent", "comments", "rename", "all", "split", "formatted")
 WORDS = ["value", "item", "data", "result", "acc", "temp", "node", "entry", "count", "total", "buf", "elem", "key",
          "val", "arr", "seq", "out", "cur", "idx", "num", "lst", "obj", "res", "tmp", "left", "right", "head"]
 COMMENTS = ["keep the running state here", "TODO: handle the empty case", "walk the input once", "fast path",
@@ -135,9 +138,21 @@ def edited(text: str, edit: str, rng: random.Random) -> list[str]:
         k = max(1, len(lines) // 3)
         return ["\n".join(lines[:k]), "\n".join(lines[k:2 * k]), "\n".join(lines[2 * k:])]
     edits = {"verbatim": lambda t: t, "reindent": lambda t: reindent(t, rng), "rename": lambda t: rename(t, rng),
-             "comments": lambda t: add_comments(t, rng),
+             "comments": lambda t: add_comments(t, rng), "formatted": lambda t: ruff_formatted([t])[0],
              "all": lambda t: add_comments(reindent(rename(t, rng), rng), rng)}
     return [edits[edit](text)]
+
+
+def ruff_formatted(texts: list[str]) -> list[str]:
+    """Each text as `ruff format` (black's style, default settings) leaves it: quotes, spacing, line breaks,
+    redundant parentheses and `;` removed, trailing commas added. A text it cannot parse stays as it is."""
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [Path(folder) / f"{i}.py" for i in range(len(texts))]
+        for path, text in zip(paths, texts, strict=True):
+            path.write_text(text)
+        subprocess.run([sys.executable, "-m", "ruff", "format", "--isolated", "--no-cache", "--quiet", folder],
+                       capture_output=True)  # exit 1 when some file does not parse: it is left unchanged
+        return [path.read_text() for path in paths]
 
 
 def plant(host: str, pieces: list[str], rng: random.Random) -> str:
@@ -212,14 +227,16 @@ def test_planted_recall_and_clean_false_positives(benchmark_dir):
     hosts = [text for p in stdlib_files(600, skip=200) if 60 < (text := p.read_text()).count("\n") < 800]
 
     removed, wrong_task, total = Counter(), Counter(), Counter()
-    for task in chosen:
-        for kind, text in (("item", item_text(task, rng)), ("solution", task.solution)):
-            for edit in EDITS:
-                record = plant(rng.choice(hosts), edited(text, edit, rng), rng)
-                hit = index.match(record)
-                total[kind, edit] += 1
-                removed[kind, edit] += hit is not None
-                wrong_task[kind, edit] += hit is not None and not same_task(task, hit[0])
+    texts = [(task, kind, text) for task in chosen
+             for kind, text in (("item", item_text(task, rng)), ("solution", task.solution))]
+    for (task, kind, text), formatted in zip(texts, ruff_formatted([text for _, _, text in texts]), strict=True):
+        for edit in EDITS:
+            pieces = [formatted] if edit == "formatted" else edited(text, edit, rng)  # formatted in one batch
+            record = plant(rng.choice(hosts), pieces, rng)
+            hit = index.match(record)
+            total[kind, edit] += 1
+            removed[kind, edit] += hit is not None
+            wrong_task[kind, edit] += hit is not None and not same_task(task, hit[0])
     clean_paths = clean_files()
     clean = [p.read_text(errors="replace") for p in clean_paths]
     false_positives = [i for i, text in enumerate(clean) if index.match(text) is not None]
@@ -244,6 +261,8 @@ def test_planted_recall_and_clean_false_positives(benchmark_dir):
     # Solutions alone: renamed short code is indistinguishable from idiom, so only longer ones count
     # (README); comments added still leave the raw n-grams of most solutions.
     assert removed["solution", "comments"] >= 0.85 * total["solution", "comments"]
+    # what a code formatter changes makes no token, and short named solutions match in full (README)
+    assert removed["solution", "formatted"] >= 0.95 * total["solution", "formatted"]
     assert removed["solution", "rename"] >= 0.3 * total["solution", "rename"]
 
 
