@@ -208,19 +208,26 @@ def _strings(row: dict, fields: list[str]) -> list[str]:
 
 
 def _humaneval_item(row: dict, path: Path, line_no: int) -> BenchmarkItem:
-    """HumanEval: the docstrings (prose), the prompt, the canonical solution and the tests (code)."""
+    """HumanEval: the docstrings (prose); the prompt, the canonical solution, the tests, and the prompt with
+    its solution but without docstrings (the form a solution is pasted in: signature and body) (code)."""
     try:
         prompt, solution, test, task_id = row["prompt"], row["canonical_solution"], row["test"], row["task_id"]
     except KeyError as e:
         raise UserError(f"{path}: task {line_no} has no field {e.args[0]!r}") from None
     try:
         tree = ast.parse(prompt + solution)
-        docstrings = [ast.get_docstring(node, clean=False) for node in ast.walk(tree)
-                      if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)]
     except SyntaxError:
-        docstrings = []
-    return BenchmarkItem(HUMANEVAL, str(task_id), tuple(d for d in docstrings if d),
-                         tuple(s for s in (prompt, solution, test) if s.strip()))
+        tree = None
+    nodes = [node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+             and ast.get_docstring(node, clean=False)] if tree else []
+    docstrings = tuple(ast.get_docstring(node, clean=False) for node in nodes)
+    lines = (prompt + solution).splitlines()
+    for node in nodes:  # blank out each docstring's lines
+        first = node.body[0]
+        lines[first.lineno - 1:first.end_lineno] = [""] * (first.end_lineno - first.lineno + 1)
+    signature_and_body = "\n".join(line for line in lines if line.strip()) if nodes else ""
+    return BenchmarkItem(HUMANEVAL, str(task_id), docstrings,
+                         tuple(s for s in (prompt, solution, test, signature_and_body) if s.strip()))
 
 
 def add_to_cache(name: str, source: Path) -> tuple[Path, int]:

@@ -266,6 +266,31 @@ def test_planted_recall_and_clean_false_positives(benchmark_dir):
     assert removed["solution", "rename"] >= 0.3 * total["solution", "rename"]
 
 
+def without_docstrings(code: str) -> str:
+    """The code with every function's and class's docstring removed (written by hand, not by `ast.unparse`)."""
+    lines = code.splitlines()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.FunctionDef | ast.ClassDef) and ast.get_docstring(node) is not None:
+            first = node.body[0]
+            lines[first.lineno - 1:first.end_lineno] = [""] * (first.end_lineno - first.lineno + 1)
+    return "\n".join(line for line in lines if line.strip()) + "\n"
+
+
+def test_humaneval_signature_and_body_without_the_docstring(benchmark_dir):
+    """The form a HumanEval solution is pasted in: its signature and body, the docstring dropped (most
+    bodies alone are one or two lines of idiom)."""
+    from stages.decontaminate import Decontaminate
+
+    stage = Decontaminate("decontaminate")
+    stage.setup(0, 1)
+    rng = random.Random(7)
+    hosts = [text for p in stdlib_files(300, skip=200) if 60 < (text := p.read_text()).count("\n") < 800]
+    humaneval = [t for t in tasks(benchmark_dir) if t.benchmark == "humaneval"]
+    found = [stage.index.match(plant(rng.choice(hosts), [without_docstrings(t.solution)], rng)) for t in humaneval]
+    assert sum(hit is not None and same_task(t, hit[0]) for t, hit in zip(humaneval, found, strict=True)) \
+        >= 0.95 * len(humaneval)
+
+
 def test_run_removes_planted_records_with_reasons_and_counts(tmp_path):
     """Through `pipeline run`: the planted records are in removed/decontaminate with SPEC reasons, the
     others in data/, stats count per benchmark and task, and `pipeline verify` passes."""
