@@ -53,6 +53,14 @@ def _share(name: str) -> Callable[[Signals], float | None]:
     return lambda s: getattr(s, name) if s.chars >= SHARE_MIN_CHARS else None
 
 
+LINE_SHARE_MIN_LINES = 10  # under ten lines one line moves a share by 10% or more (`class E(Exception): pass`)
+
+
+def _line_share(name: str) -> Callable[[Signals], float | None]:
+    """A share of non-blank lines, measured on texts of LINE_SHARE_MIN_LINES or more (None: not applicable)."""
+    return lambda s: getattr(s, name) if s.nonblank_lines >= LINE_SHARE_MIN_LINES else None
+
+
 def _python_syntax_error(s: Signals) -> int | None:
     return python_syntax_error(s.text, lambda text: has_syntax_error(text, "Python"))
 
@@ -76,12 +84,12 @@ RULES: tuple[Rule, ...] = (
     Rule("whitespace_fraction", "max", 0.5, _share("whitespace_fraction")),
     Rule("encoded_data_fraction", "max", 0.5, _share("encoded_data_fraction")),
     # OpenCoder lines
-    Rule("dup_lines_fraction", "max", 0.7, _attr("dup_lines_fraction")),
-    Rule("comment_fraction", "max", 0.8, _attr("comment_fraction")),
-    Rule("assert_fraction", "max", 0.4, _attr("assert_fraction")),
-    Rule("python_pass_fraction", "max", 0.1, _attr("python_pass_fraction"), PYTHON),
-    Rule("python_import_fraction", "max", 0.5, _attr("python_import_fraction"), PYTHON),
-    Rule("python_print_fraction", "max", 0.4, _attr("python_print_fraction"), PYTHON),
+    Rule("dup_lines_fraction", "max", 0.7, _line_share("dup_lines_fraction")),
+    Rule("comment_fraction", "max", 0.8, _line_share("comment_fraction")),
+    Rule("assert_fraction", "max", 0.4, _line_share("assert_fraction")),
+    Rule("python_pass_fraction", "max", 0.1, _line_share("python_pass_fraction"), PYTHON),
+    Rule("python_import_fraction", "max", 0.5, _line_share("python_import_fraction"), PYTHON),
+    Rule("python_print_fraction", "max", 0.4, _line_share("python_print_fraction"), PYTHON),
     # StarCoder HTML
     Rule("html_text_fraction", "min", 0.2, _attr("html_text_fraction"), frozenset({"HTML"})),
     Rule("html_text_chars", "min", 100, _attr("html_text_chars"), frozenset({"HTML"})),

@@ -48,11 +48,11 @@ CASES = {
                                    for i in range(12)) + "X = 1\n", "filter:comment_fraction=0.9757"),
     "asserts": ("Python", "def test_all():\n" + "".join(f"    assert f({i}) == {i * 2}\n" for i in range(30)),
                 "filter:assert_fraction=0.9677"),
-    "pass": ("Python", 'class A(Exception):\n    pass\n\n\nclass B(A):\n    pass\n\n\nclass C(B):\n    """C."""\n',
-             "filter:python_pass_fraction=0.3333"),
-    "imports": ("Python", "import os\nimport sys\nimport re\nfrom a import b\nX = 1\n",
-                "filter:python_import_fraction=0.8"),
-    "prints": ("Python", "print(1)\nprint(2)\nprint(3)\nx = 4\n", "filter:python_print_fraction=0.75"),
+    "pass": ("Python", "".join(f"class E{i}(Exception):\n    pass\n\n\n" for i in range(5)) + 'X = "x"\n',
+             "filter:python_pass_fraction=0.4545"),
+    "imports": ("Python", "".join(f"import m{i}\n" for i in range(8)) + "from a import b\nX = 1\n",
+                "filter:python_import_fraction=0.9"),
+    "prints": ("Python", "".join(f"print({i})\n" for i in range(9)) + "x = 4\n", "filter:python_print_fraction=0.9"),
     "html boilerplate": ("HTML", "<html><head><script>\n" + "".join(
         f"var {_name(i)} = render_{_name(i + 7)}(node_{_name(i + 3)});\n" for i in range(200))
         + "</script></head><body><p>Hi there</p></body></html>\n", "filter:html_text_fraction=0.00139"),
@@ -81,6 +81,12 @@ KEPT = {
     "XSLT": ("XSLT", '<?xml version="1.0"?>\n<xsl:stylesheet version="1.0" '
                      'xmlns:xsl="http://www.w3.org/1999/XSL/Transform">\n  <xsl:template match="/">\n'
                      "    <xsl:apply-templates select=\"catalog/book\"/>\n  </xsl:template>\n</xsl:stylesheet>\n"),
+    # under ten lines a line share is noise: one `pass`, two imports, four prints
+    "tiny exception module": ("Python", "class ParseError(Exception):\n    pass\n"),
+    "package __init__": ("Python", "from .core import run\nfrom .config import load\n\n__all__ = ['run', 'load']\n"),
+    "fizzbuzz script": ("Python", "for i in range(1, 101):\n    if i % 15 == 0:\n        print('FizzBuzz')\n"
+                                  "    elif i % 3 == 0:\n        print('Fizz')\n    elif i % 5 == 0:\n"
+                                  "        print('Buzz')\n    else:\n        print(i)\n"),
     # small configs: a date, addresses or a key are a large share of a short text
     "YAML with addresses": ("YAML", "cluster:\n  node_a: 10.12.0.7\n  node_b: 10.12.0.8\n  replicas: 3\n"),
     "JSON with a date": ("JSON", '{\n  "created": "2023-04-01T12:30:00Z",\n  "kind": "fixture",\n  "n": 1\n}\n'),
