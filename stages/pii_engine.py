@@ -55,14 +55,16 @@ _KEYWORD = (r"(?i:pass|pwd|psk|[_.-]pw\b|secret|token|credential|creds|bearer|id
             r"[\w.\-\]\"']*(?:\s*:\s*[A-Za-z_][\w\[\]., |]*?)?\s*(?:=>|:=|==|=|:|\(|,|>|\s|is\s|was\s)\s*"
             r"(?:[\"'`]|[^\s\"'`]*[0-9!@#$%^&*+/~])")
 CANDIDATE_LINE = "|".join((
-    r"[\w.%+-](?:@|%40)[A-Za-z0-9-]+\.|(?i:[\[(<{]\s?at\s?[\])>}])",  # email, also `john [at] corp [dot] com`
+    r"[\w.%+-](?:@|%40|&#64;|&#x40;)[A-Za-z0-9-]+\.|(?i:[\[(<{]\s?at\s?[\])>}])",  # email, `john [at] corp [dot] com`
     r"://[^\s/@]*:[^\s/@]*@",  # URL credentials
     r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}",  # IPv4
     r"\b[23][0-9A-Fa-f]{3}:[0-9A-Fa-f]{0,4}:",  # IPv6 global unicast (2000::/3)
     r"-----BEGIN|PuTTY-User-Key",  # private keys
     r"gh[pousr]_|glpat-|xox[a-z]-|eyJ|sk_live_|rk_live_|SG\.|AccountKey=|_authToken|hooks\.slack|"  # token prefixes
     r"AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9]|npm_|github_pat_|hf_|AIza|sk-|shpat_|dop_v1_|xapp-|ya29\.|"
-    r"NRAK-|PMAK-|AGE-SECRET-KEY-|LTAI|:APA91b|[?&]sig=",
+    r"NRAK-|PMAK-|AGE-SECRET-KEY-|LTAI|:APA91b|[?&]sig=|hvs\.|squ_|OpenVPN Static key|/api/webhooks/|"
+    r"IncomingWebhook/|define\(\s*'\w+_(?:KEY|SALT)'|\|\s*sudo\s+-S|"
+    r"\b(?:name|key)[\"']?\s*[:=]|\bvalue[\"']?\s*:|<string>",  # a secret's name and value in two fields
     _KEYWORD,
     r"^\s*(?:-\s+)?(?:export\s+)?[\w.-]*(?i:pass|pwd|secret|token)[\w.-]*\s*[=:]\s*\S",  # .env / YAML, any value
     r"[?&;](?i:[\w.-]*(?:pass|pwd|secret|token|key)[\w.-]*)=",  # query and connection strings
@@ -72,7 +74,8 @@ CANDIDATE_LINE = "|".join((
     r"getConnection\(|mysqli|mysql_connect\(|PDO\(|"  # command lines and config directives
     r"(?i:pass|pwd|secret|token|key)\w*\s+(?:string|\[\]byte)\s*=|"  # Go: var dbPassword string = "..."
     r"@(?:tcp|unix)\(|^[\w*][\w.*-]*:(?:\d+|\*):[\w.*-]+:[\w.*-]+:[^:\s]+$",  # Go DSNs, .pgpass lines
-    r"DBI->connect|\bauth\s*=\s*[(\[]|Auth\(|\.login\(",  # positional passwords
+    r"DBI->connect|\bauth\s*=\s*[(\[]|Auth\(|\.login\(|Credential\(|Authentication\(|createAccount\(|bind_s\(",
+    r"\bsqlcmd\b|\bopenssl\b.*\s-k\s|\s-auth\s|\blftp\b|\baz\b.*\blogin\b",  # more command lines
     r"\"auth\"\s*:\s*\"|^kind:\s*Secret|^\s+[\w.-]+:\s*[A-Za-z0-9+/]{6,}[0-9+/=][A-Za-z0-9+/=]*\s*$",  # base64
 ))
 DIGIT_RUN = r"[0-9][A-Za-z0-9+/=]{11}|[A-Za-z0-9+/=]{11}[0-9]"

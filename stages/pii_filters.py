@@ -27,7 +27,7 @@ EXAMPLE_DOMAINS = ("example.com", "example.org", "example.net", "example.edu")
 EXAMPLE_TLDS = ("example", "test", "invalid", "localhost", "local")
 
 _VERSION_BEFORE = re.compile(
-    r"(?i:version|__version__|\bver|release|\brev|revision|\btag)[\w-]*[\s\"'=:(,\[]*$"  # version = "1.2.3.4"
+    r"(?i:version|__version__|\bver|release|\brev|revision|\btag)[\w-]*[\s\"'=:(,\[>]*$"  # version="1.2.3.4", <version>
     r"|(?:==|>=|<=|~=|!=|\^|~)\s*$"  # pins: pkg==1.2.3.4, pkg>=1.2.3.4, ^1.2.3.4
     r"|[A-Za-z]/$"  # product tokens: Chrome/120.0.0.0
 )
@@ -42,9 +42,11 @@ _TEMPLATE = re.compile(r"\$\{|\{\{|\}\}|%\(|^%[sd]$|%[sdr].*%[sdr]|\{\}|\*.*\*.*
                        r"^\.{3}|^(?i:your|my|some|enter|insert|replace|example|dummy|fake|sample|placeholder|"
                        r"redacted|changeme|todo|none|null|nil|undefined|true|false|empty)\b|[xX]{6,}|"
                        r"^(?i:your|enter|insert|replace|example|dummy|fake|sample|placeholder|changeme)_|"
-                       r"EXAMPLE(?:KEY)?$")  # vendors' documented examples: AWS's AKIAIOSFODNN7EXAMPLE
+                       # AWS's AKIAIOSFODNN7EXAMPLE, WordPress's `password_here`, SOPS values, FTP's anonymous login
+                       r"EXAMPLE(?:KEY)?$|_here$|^ENC\[|^-?anonymous@?$")
 # A bare value that names something: `password`, `self.pw`, `cfg.db.password`, `get_pw()`, `args[0]`.
-_REFERENCE = re.compile(r"^(?:[A-Za-z_]+|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+|[A-Za-z_][\w.]*[(\[].*|[(\[{].*)$")
+_REFERENCE = re.compile(r"^(?:[A-Za-z_]+|[A-Za-z_]\w*(?:(?:\.|::)[A-Za-z_]\w*)+|[A-Za-z_][\w.:]*[(\[].*|[(\[{].*)$")
+_STRIPE_PUBLISHABLE = re.compile(r"(?<![A-Za-z0-9])pk_(?:test|live)_")
 _SEQUENCES = ("ABCDEFGH", "BCDEFGHI", "ZYXWVUTS", "01234567", "12345678", "98765432", "QWERTYUI", "ASDFGHJK")
 _SECTION_BEFORE = re.compile(r"(?i)(?:section|sect?\.|§|chapter|clause)[\s#-]*$")
 _SECRET_CONTEXT = re.compile(r"(?i)key|secret|token|pass|auth|cred|api|private|sign|hmac|bearer")
@@ -133,14 +135,24 @@ def is_uuid(value: str) -> bool:
 
 
 def is_public_token(value: str) -> bool:
-    """Public by design: Mapbox `pk.` tokens (JWT-shaped) and jwt.io's example token (docs and tests)."""
-    return value.startswith("pk.eyJ") or value.endswith("SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c")
+    """Public by design: Mapbox `pk.` tokens (JWT-shaped), Stripe's publishable `pk_test_`/`pk_live_` keys
+    and jwt.io's example token (docs and tests)."""
+    return value.startswith("pk.eyJ") or value.endswith("SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c") or \
+        bool(_STRIPE_PUBLISHABLE.search(value))
 
 
 def is_sequential(value: str) -> bool:
-    """`ABCDEF...`, `0123456789`, keyboard rows: alphabets and test strings, not keys."""
+    """`ABCDEF...`, `0123456789`, keyboard rows, hex byte ramps (`000102...1f`, test vectors' keys):
+    alphabets and test strings, not keys."""
     upper = value.upper()
-    return heuristic.is_sequential_string(value) or any(seq in upper for seq in _SEQUENCES)
+    return heuristic.is_sequential_string(value) or any(seq in upper for seq in _SEQUENCES) or _is_byte_ramp(value)
+
+
+def _is_byte_ramp(value: str) -> bool:
+    if len(value) < 16 or len(value) % 2 or not is_hex(value):
+        return False
+    first = int(value[:2], 16)
+    return value.lower() == "".join(f"{(first + i) % 256:02x}" for i in range(len(value) // 2))
 
 
 def is_section_number(value: str, before: str, after: str) -> bool:

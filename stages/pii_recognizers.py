@@ -130,7 +130,7 @@ class EmailRecognizer(CodeRecognizer):
     """
 
     ENTITY = "EMAIL"
-    _AT = r"(?:@|%40|\s?[\[(<{]\s?(?i:at)\s?[\])>}]\s?)"  # also URL-encoded: `?email=jane%40corp.com`
+    _AT = r"(?:@|%40|&#64;|&#x40;|\s?[\[(<{]\s?(?i:at)\s?[\])>}]\s?)"  # also `jane%40corp.com`, `jane&#64;corp.com`
     _DOT = r"(?:\.|\s?[\[(<{]\s?(?i:dot)\s?[\])>}]\s?)"
     PATTERN = re.compile(
         rf"(?<![\w.%+-])[A-Za-z0-9][\w.%+-]{{0,63}}{_AT}"
@@ -176,13 +176,15 @@ class IpAddressRecognizer(CodeRecognizer):
 
 
 class PrivateKeyRecognizer(CodeRecognizer):
-    """The whole body of a PEM/OpenSSH/PGP private key block, also with `\\n` escapes (JSON)."""
+    """The whole body of a PEM/OpenSSH/PGP private key block (or an OpenVPN static key), also with `\\n`
+    escapes (JSON)."""
 
     ENTITY = "KEY"
     SCORE = 1.0
     PATTERN = re.compile(
         r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
-        r"(?:.*?-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|[A-Za-z0-9+/=\s\\:,-]*)",
+        r"(?:.*?-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|[A-Za-z0-9+/=\s\\:,-]*)"
+        r"|-----BEGIN OpenVPN Static key V1-----[0-9a-fA-F\s\\n]*(?:-----END OpenVPN Static key V1-----)?",
         re.DOTALL,
     )
 
@@ -228,8 +230,14 @@ class SecretsRecognizer(CodeRecognizer):
                           r"AIza[0-9A-Za-z_-]{35}|sk-(?:proj|ant|live)-[A-Za-z0-9_-]{20,}|shpat_[a-fA-F0-9]{32}|"
                           r"dop_v1_[a-f0-9]{64}|xapp-\d-[A-Z0-9]+-\d+-[a-z0-9]+|ya29\.[0-9A-Za-z_-]{20,}|"
                           r"NRAK-[A-Z0-9]{27}|PMAK-[0-9a-f]{24}-[0-9a-f]{34}|AGE-SECRET-KEY-1[0-9A-Z]{58}|"
-                          r"LTAI[0-9A-Za-z]{12,20}|AAAA[A-Za-z0-9_-]{7}:APA91b[A-Za-z0-9_-]{100,})"
+                          r"LTAI[0-9A-Za-z]{12,20}|AAAA[A-Za-z0-9_-]{7}:APA91b[A-Za-z0-9_-]{100,}|"
+                          r"hvs\.[A-Za-z0-9_-]{24,}|squ_[0-9a-f]{40})"
                           r"|(?<=[?&]sig=)[A-Za-z0-9%+/]{20,}(?:%3D|=){0,2}")  # Azure SAS signatures
+    # Secrets known by where they stand: Discord/Teams webhook tokens, WordPress's keys and salts (any
+    # characters, often three `*`, which elsewhere mark a template)
+    IN_CONTEXT = re.compile(r"discord(?:app)?\.com/api/webhooks/\d+/(?P<value>[\w-]{60,})"
+                            r"|/IncomingWebhook/(?P<value2>[0-9a-f]{32}/[0-9a-f-]{36})"
+                            r"|define\(\s*'(?:AUTH|SECURE_AUTH|LOGGED_IN|NONCE)_(?:KEY|SALT)'\s*,\s*'(?P<value3>[^'\n]{16,})'")
     # An unquoted base64 run standing alone (a key pasted in a comment); blobs are runs of such lines. Bare
     # hex runs are left alone: commit ids and digests, indistinguishable from hex keys without a keyword.
     LONE_RUN = re.compile(r"(?<![A-Za-z0-9+/=_.-])[A-Za-z0-9+/]{32,100}={0,2}(?![A-Za-z0-9+/=_.-])")
@@ -259,6 +267,9 @@ class SecretsRecognizer(CodeRecognizer):
                     yield start, end
         for match in self.PREFIXED.finditer(text):
             yield match.span()
+        for match in self.IN_CONTEXT.finditer(text):
+            if not match[match.lastgroup].lower().startswith("put your unique phrase"):  # WordPress's sample
+                yield match.span(match.lastgroup)
         yield from encoded_credentials(text)
         candidates = set(self.base64.analyze_string(text)) | set(self.hex.analyze_string(text))
         candidates.update(match[1] for match in self.BARE_VALUE.finditer(text))
@@ -296,6 +307,9 @@ class SecretsRecognizer(CodeRecognizer):
     def is_false_positive(value: str, text: str, start: int) -> bool:
         line_start, line_end = line_bounds(text, start)
         line = text[line_start:line_end]
+        if PUBLIC_KEY_BEFORE.search(text[line_start:start]) or PUBLIC_RECIPIENT.fullmatch(value) or \
+                F.is_public_token(text[max(line_start, start - 8):start + len(value)]):
+            return True  # `ssh-ed25519 AAAA...`, WireGuard's `PublicKey = ...`, age recipients: public by design
         around = text[text.rfind("\n", 0, max(line_start - 1, 0)) + 1: line_end]  # this line and the one before
         if F.is_hex(value) and not F.has_secret_context(line):
             return True  # quoted hex without a key word around: digests and test vectors far more often than keys
@@ -305,10 +319,13 @@ class SecretsRecognizer(CodeRecognizer):
 
 
 _DEFINE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+\Z", re.M)  # a C macro's name follows
+PUBLIC_KEY_BEFORE = re.compile(r"(?i)(?:\b(?:ssh-(?:ed25519|rsa|dss)|ecdsa-sha2-[\w-]+|sk-(?:ssh|ecdsa)-[\w@.-]+)[ \t]+"
+                               r"|public[ _-]?key\b.*)\Z")
+PUBLIC_RECIPIENT = re.compile(r"age1[02-9ac-hj-np-z]{58}")  # an age recipient (bech32): a public key
 
 # What follows a secret's name: optional type annotation, an operator, then a quoted or a bare value.
-_QUOTED = r"(?P<q>[\"'`])(?P<quoted>(?:(?!(?P=q))[^\n\\]|\\.){1,200})(?P=q)"
-_BARE = r"(?P<bare>(?:[^\s\"'`,;&<>]|&(?![\w.-]+=)){1,200})"  # stops at `&next=` of a query string
+_QUOTED = r"(?P<q>[\"'`])(?P<quoted>(?:(?!(?P=q))[^\n\\]|\\.){1,1200})(?P=q)"
+_BARE = r"(?P<bare>(?:[^\s\"'`,;&<>]|&(?![\w.-]+=)){1,1200})"  # stops at `&next=` of a query string
 ASSIGNMENT_TAIL = re.compile(
     r"[\"'\]]{0,2}(?:[ \t]*:[ \t]*&?(?:'\w+[ \t]+)?[A-Za-z_][\w\[\]., |]*?|[ \t]+(?:string|\[\]byte)(?=[ \t]*=))?[ \t]*"
     rf"(?:(?P<op>=>|:=|===?|=|:(?!:)|\(|,|[ \t])[ \t]*{_QUOTED}|(?P<bare_op>=>|:=|=|:(?!:))[ \t]*{_BARE})"
@@ -317,6 +334,9 @@ MIXED = re.compile(r"[A-Za-z][^A-Za-z]|[^A-Za-z][A-Za-z]")  # letters and other 
 _NAME_START = re.compile(r"[\w.-]*\Z")
 _NAME_END = re.compile(r"[\w.-]*")
 SETTER_WORDS = frozenset({"set", "with", "use"})
+POWERSHELL_COMMAND = re.compile(r"[A-Z][A-Za-z]+-[A-Z][A-Za-z]+")  # Verb-Noun
+# metadata after the keyword only: `password_store` is not a secret, RELEASE_STORE_PASSWORD and TF_VAR_db_password are
+AFTER_ONLY_META = frozenset({"store", "var"})
 
 
 class KeywordRecognizer(CodeRecognizer):
@@ -340,7 +360,7 @@ class KeywordRecognizer(CodeRecognizer):
         "options flag flags check verify validate get read ask enter generate generator random reader writer "
         "getter setter callback handler func function method test tests description desc doc docs comment "
         "example sample template schema spec version algorithm algo scheme location loc source src encode "
-        "decode encrypt decrypt add remove delete update index list dict map".split()
+        "decode encrypt decrypt add remove delete update index list dict map public digest".split()
     )
     PLACEHOLDERS = frozenset("password passwd pass pwd secret token key apikey api_key value string str none null "
                              "xxx xxxx xxxxx test foo bar baz".split())
@@ -361,18 +381,27 @@ class KeywordRecognizer(CodeRecognizer):
             quoted_name = start > 0 and text[start - 1] in "\"'" and text.startswith(text[start - 1], end)
             if match["op"] == "," and not (quoted_name and text[:start - 1].rstrip().endswith(("(", "["))):
                 continue  # setProperty("password", "value") and ("password", "value") pairs, not longer lists
+            if match["op"] == "(" and ":" in text[end:match.start("op")]:
+                continue  # `Password: os.Getenv("DB_PASSWORD")`: the argument of a call, not the value
             literal = self.is_literal_context(text, start, match)
+            at_line_start = text[text.rfind("\n", 0, start) + 1:start].strip() in ("", "-", "export")
             line_key = match["bare_op"] in ("=", ":") and MIXED.search(match["bare"]) is not None and \
-                text[text.rfind("\n", 0, start) + 1:start].strip() in ("", "-", "export")  # INI, YAML, .env
-            macro = bool(_DEFINE.search(text, max(0, start - 40), start))
+                at_line_start  # INI, YAML, .env: `pass = x`
+            object_key = match["op"] in (":", "=>", "=") and match["q"] in ("'", '"') and \
+                not text[end:match.start("op")].strip("\"' \t") and MIXED.search(match["quoted"]) is not None
+            setting = match["op"] is not None and match["op"].isspace() and at_line_start and \
+                not text[match.end():line_bounds(text, match.end())[1]].strip()  # Gradle: `keyPassword "x"`
+            macro = setting or bool(_DEFINE.search(text, max(0, start - 40), start))
             callee = F.words(text[start:end].rsplit(".", 1)[-1])  # `ds.setPassword(`: the method's own words
             value = match["quoted"] or match["bare"]
-            if self.is_secret_name(names, match, quoted_name or line_key, macro, callee) \
+            if self.is_secret_name(names, match, quoted_name or line_key or object_key, macro, callee) \
                     and self.is_secret_value(match, literal) and not names_itself(value, names):
                 yield value_span(match)
-        for match in XML_KEY_VALUE.finditer(text):
-            if self.is_secret_name(F.words(match["name"])) and self.is_plain(match["value"]):
-                yield match.span("value")
+        for pattern in (XML_KEY_VALUE, NAMED_VALUE):
+            for match in pattern.finditer(text):
+                k = next(k for k in ("", "2", "3", "4") if match.groupdict().get(f"name{k}") is not None)
+                if self.is_secret_name(F.words(match[f"name{k}"]), key=True) and self.is_plain(match[f"value{k}"]):
+                    yield match.span(f"value{k}")
 
     @staticmethod
     def is_literal_context(text: str, start: int, match: re.Match) -> bool:
@@ -399,8 +428,9 @@ class KeywordRecognizer(CodeRecognizer):
     def is_secret_name(self, names: list[str], match: re.Match | None = None, key: bool = False,
                        macro: bool = False, callee: list[str] | None = None) -> bool:
         """`key`: the name is plainly a key (quoted, or a config line's: `pass = x` in an INI file)."""
-        if not names or any(w in self.META_WORDS and not (w == "store" and i and names[i - 1] in ("key", "trust"))
-                            for i, w in enumerate(names)):  # a keyStorePassword is a password, a password_store not
+        first = next((i for i, w in enumerate(names) if self.is_keyword(w)), len(names))
+        if not names or any(w in self.META_WORDS and not (w in AFTER_ONLY_META and i < first)
+                            for i, w in enumerate(names)):  # a (key)storePassword is a password, a password_store not
             return False
         op = match["op"] if match is not None else None
         if op == "(" and not (len(names) == 1 or (callee or names)[0] in SETTER_WORDS):
@@ -423,6 +453,8 @@ class KeywordRecognizer(CodeRecognizer):
             return False
         if not quoted and not literal and F.is_reference(value.rstrip(")]}")):  # `f(password=password)`
             return False
+        if not quoted and POWERSHELL_COMMAND.fullmatch(value):  # `$Secure = ConvertTo-SecureString $Password ...`
+            return False
         if not quoted and match["bare_op"] == ":" and value[:1] in ("*", "!", "&", "|", ">"):
             return False  # YAML `password: *default`, `password: !vault |`
         if DOTTED_NUMBER.fullmatch(value):  # versions, OIDs
@@ -430,6 +462,18 @@ class KeywordRecognizer(CodeRecognizer):
         return value.count(" ") < 2 and "://" not in value and not value.startswith(("/", "./", "~/", "\\"))
 
 
+# A name and its value in separate fields: Kubernetes/ECS env lists (`- name: DB_PASSWORD` / `value: x`),
+# Postman (`{"key": "password", "value": x}`), ARM parameters (`"adminPassword": {"value": x}`), elements
+# named by an attribute (`<property name="hibernate.connection.password">x</property>`, `<entry key=..>`)
+# and plists (`<key>API_KEY</key>` / `<string>x</string>`)
+NAMED_VALUE = re.compile(
+    r"\b(?:name|key)[\"']?[ \t]*[:=][ \t]*[\"']?(?P<name>[\w.-]{1,80})[\"']?[ \t]*(?:,[ \t]*|\n[ \t]*(?:-[ \t]*)?)"
+    r"[\"']?value[\"']?[ \t]*:[ \t]*(?P<q>[\"']?)(?P<value>[^\"'\s,}]{1,1200})(?P=q)"
+    r"|[\"'](?P<name2>[\w.-]{1,80})[\"'][ \t]*:[ \t]*\{[ \t]*[\"']value[\"'][ \t]*:[ \t]*"
+    r"[\"'](?P<value2>[^\"'\n]{1,1200})[\"']"
+    r"|<(?P<el>property|entry|add|setting|param)\b[^>\n]*?\b(?:name|key)=[\"'](?P<name3>[\w.:-]{1,80})[\"'][^>\n]*>"
+    r"(?P<value3>[^<\n]{1,1200})</(?P=el)>"
+    r"|<key>(?P<name4>[\w.: -]{1,80})</key>\s*<string>(?P<value4>[^<\n]{1,1200})</string>")
 # `<add key="ApiKey" value="..."/>` (.NET), `<property name="password" value="..."/>` (Spring)
 XML_KEY_VALUE = re.compile(r"\b(?:key|name)=[\"'](?P<name>[\w.:-]{1,80})[\"']\s+"
                            r"value=[\"'](?P<value>[^\"'\n]{1,200})[\"']")
@@ -438,7 +482,7 @@ TYPE_NAMES = frozenset("str string bytes int bool float dict list text any optio
 # `db_pass`, `SMTP_PASS`: `pass` as the last word of a name counts after these only (not `forward_pass`, `PassT`)
 PASS_QUALIFIERS = frozenset("db database user admin root smtp mail email mysql sql pg postgres ftp sftp ssh redis ldap "
                             "login account app api proxy auth my rabbit rabbitmq mongo wifi sudo server sa "
-                            "bind".split())
+                            "bind become default".split())
 
 
 # Credentials stored base64-encoded: Docker's `"auth": base64("user:password")` and a Kubernetes Secret's
@@ -489,7 +533,7 @@ class PasswordRecognizer(KeywordRecognizer):
     KEYWORDS = frozenset("password passwords passwd pwd passphrase passcode passwort contrasena senha "
                          "motdepasse pgpassword sshpass".split())
     KEYWORD = re.compile(r"(?i:pass|pwd|contrase|senha|motdepasse|psk\b|(?<=[_.-])pw\b)")
-    XML = re.compile(r"<(?P<tag>[\w:-]*(?i:pass|pwd)[\w:-]*)>(?P<value>[^<\n]{1,200})</(?P=tag)>")
+    XML = re.compile(r"<(?P<tag>[\w:.-]*(?i:pass|pwd)[\w:.-]*)(?:[ \t][^>\n]*)?>(?P<value>[^<\n]{1,200})</(?P=tag)>")
     SQL = re.compile(r"(?i)\bidentified\s+by\s+(?P<q>['\"])(?P<value>[^'\"\n]{1,200})(?P=q)")
     URL = re.compile(r"[A-Za-z][\w+.-]*://[^\s:/@'\"`]*:(?P<value>[^\s/@'\"`]{1,200})@[\w.-]+")
     # `--password hunter2`, `the password is hunter2`: unquoted, so only values with a digit or symbol
@@ -500,7 +544,9 @@ class PasswordRecognizer(KeywordRecognizer):
     FLAG = re.compile(r"(?:\b(?:mysql|mysqldump|mysqladmin|mariadb|mariadb-dump)\b[^\n]*?\s-p|\bsshpass[ \t]+-p[ \t]*"
                       r"|\bdocker\b[^\n]*?\blogin\b[^\n]*?\s-p[ \t]+|\bredis-cli\b[^\n]*?\s-a[ \t]+"
                       r"|\bzip\b[^\n]*?\s-P[ \t]+|\s-(?:src|dest)?(?:store|key)pass[ \t]+|\s-pass(?:in|out)?[ \t]+pass:"
-                      r"|\bsmbclient\b[^\n]*?\s-U[ \t]+[^\s%]+%"
+                      r"|\bsmbclient\b[^\n]*?\s-U[ \t]+[^\s%]+%|\bsqlcmd\b[^\n]*?\s-P[ \t]+"
+                      r"|\bopenssl\b[^\n]*?\s-k[ \t]+|\s-auth[ \t]+[^\s:]+:|\blftp\b[^\n]*?\s-u[ \t]+[^\s,]+,"
+                      r"|\baz\b[^\n]*?\blogin\b[^\n]*?\s-p[ \t]+"
                       r"|\bhtpasswd[ \t]+(?:-\w+[ \t]+)*[^\s-]\S*[ \t]+[^\s-]\S*[ \t]+"
                       r"|(?i:ConvertTo-SecureString)[ \t]+(?:-String[ \t]+)?(?=['\"][^\n]*-AsPlainText)"
                       r"|^[ \t]*(?:requirepass|masterauth|bindpw|rootpw)[ \t]+"
@@ -511,9 +557,11 @@ class PasswordRecognizer(KeywordRecognizer):
     # `auth=("user", "x")`, `HTTPBasicAuth("user", "x")`, `smtp.login("user", "x")`
     POSITIONAL = re.compile(r"(?:(?:DBI->connect(?:_cached)?|getConnection|mysqli(?:_connect)?|mysql_connect|PDO)"
                             r"\([^,\n]+,|\bauth[ \t]*=[ \t]*[(\[]|"
-                            r"\b(?:HTTPBasicAuth|HTTPDigestAuth|BasicAuth|DigestAuth)\(|\.login\()[ \t]*"
+                            r"\b(?:HTTPBasicAuth|HTTPDigestAuth|BasicAuth|DigestAuth|NetworkCredential|"
+                            r"PasswordAuthentication|createAccount|simple_bind_s|bind_s)\(|\.login\()[ \t]*"
                             r"(?P<uq>[\"'])[^\"'\n]{1,100}(?P=uq)[ \t]*,[ \t]*"
                             r"(?P<q>[\"'])(?P<value>[^\"'\n]{4,200})(?P=q)")
+    SUDO = re.compile(r"\becho[ \t]+(?P<q>['\"]?)(?P<value>[^\s'\"]{4,200})(?P=q)[ \t]*\|[ \t]*sudo[ \t]+-S\b")
     GO_DSN = re.compile(r"[\"'`][\w.-]+:(?P<value>[^\s:@\"'`]{4,200})@(?:tcp|unix)\(")  # "user:x@tcp(db:3306)/app"
     LOOSE = re.compile(r"(?i)(?:--(?:password|passwd|pass|requirepass|masterauth)(?:[ \t]+|=)"
                        r"|(?P<prose>\bpass(?:word|wd)[ \t]+(?:(?:is|was)[ \t]+)?)"
@@ -523,9 +571,9 @@ class PasswordRecognizer(KeywordRecognizer):
     def spans(self, text: str) -> Iterator[Span]:
         yield from super().spans(text)
         for match in self.XML.finditer(text):
-            if self.is_secret_name(F.words(match["tag"])) and self.is_plain_value(match["value"]):
+            if self.is_secret_name(F.words(match["tag"]), key=True) and self.is_plain_value(match["value"]):
                 yield match.span("value")
-        for pattern in (self.SQL, self.URL, self.FLAG, self.POSITIONAL, self.GO_DSN):
+        for pattern in (self.SQL, self.URL, self.FLAG, self.POSITIONAL, self.GO_DSN, self.SUDO):
             for match in pattern.finditer(text):
                 if self.is_plain_value(match["value"]):
                     yield match.span("value")

@@ -237,3 +237,49 @@ def test_config_line_pass_wifi_psk_qualified_pw_and_url_encoded_emails(stage):
     for doc, secret in zip(docs, secrets.values(), strict=False):
         assert secret not in doc.text and doc.metadata["pii_redactions"] == 1, doc.text
     assert [doc.text for doc in docs[len(secrets):]] == kept
+
+
+def test_fields_commands_and_calls_a_third_probe_round_found(stage):
+    """Secrets whose name is in another field (Kubernetes/ECS env, Postman, ARM, `<property name=..>`,
+    plists), Android/Maven signing settings, commands (sqlcmd, openssl, sudo -S), calls (JavaMail,
+    NetworkCredential), Discord webhooks, WordPress salts, long AWS session tokens, `&#64;` emails; and
+    the public keys, version tags, environment lookups and placeholders that must stay."""
+    session = "IQoJb3JpZ2luX2VjE" + "Hk3Lq9Zp2Xw7Rt5Vb1Nm8Yc4Ds6Fg0Ja" * 12
+    secrets = {
+        '- name: DB_PASSWORD\n  value: "5fn1.LazECi^dm"\n': "5fn1.LazECi^dm",
+        '{"name": "DB_PASSWORD", "value": "xhujq0W9z_u7"}\n': "xhujq0W9z_u7",
+        '{"key": "password", "value": "us6+f2mFMn?%%GEf", "enabled": true}\n': "us6+f2mFMn?%%GEf",
+        '"adminPassword": {"value": "nr6iT6K+dU?F4?"}\n': "nr6iT6K+dU?F4?",
+        '<property name="hibernate.connection.password">1g5U=5IcnK2n</property>\n': "1g5U=5IcnK2n",
+        "<key>API_KEY</key>\n<string>FrhhvGhvOQHLmtn6To8huPb9vUKqZctL</string>\n": "FrhhvGhvOQHLmtn6To8huPb9vUKqZctL",
+        "<keystore.password>n.lUhJL4W8lZIs</keystore.password>\n": "n.lUhJL4W8lZIs",
+        "RELEASE_STORE_PASSWORD=r1O-u0jaSH~ZrLs9Y\n": "r1O-u0jaSH~ZrLs9Y",
+        '        keyPassword "2UrNehSf9J8XD8zq"\n': "2UrNehSf9J8XD8zq",
+        "ansible_become_pass: kKFlgLruvxx42vws\n": "kKFlgLruvxx42vws",
+        "auth: { user: 'mailer', pass: 'LQsPj=EE3ja8Ga*' },\n": "LQsPj=EE3ja8Ga*",
+        "sqlcmd -S db01 -U sa -P 'BNM0B.D-?Bcn' -Q \"SELECT 1\"\n": "BNM0B.D-?Bcn",
+        "echo '9tDlB4pC.r2I' | sudo -S apt-get update\n": "9tDlB4pC.r2I",
+        'c = new NetworkCredential("orders@contoso-retail.com", "d*3ElTnDn35LP");\n': "d*3ElTnDn35LP",
+        'W = "https://discord.com/api/webhooks/9109754690636752645/7v64tIZFxcMij1zTbpYeTVJBpY3y4xEWtqoJNTGs0hF4srKd'
+        'UZlZEnbR0t-4F-5zMoFT"\n': "7v64tIZFxcMij1zTbpYeTVJBpY3y4xEWtqoJNTGs0hF4srKdUZlZEnbR0t-4F-5zMoFT",
+        "define('NONCE_SALT', '4C(P69TN<9N!96,[2Dg^eLf6FL[Og]UGZ-U]H0[Qsb78;E{r63HRdBaF]>G:5{Jz');\n":
+            "4C(P69TN<9N!96,[2Dg^eLf6FL[Og]UGZ-U]H0[Qsb78;E{r63HRdBaF]>G:5{Jz",
+        f"aws_session_token = {session}\n": session[-40:],
+        "<p>Email: jan.kowalski&#64;firma.pl</p>\n": "jan.kowalski&#64;firma.pl",
+    }
+    kept = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl builder@build-01\n",
+            "[Peer]\nPublicKey = jS6vDRmlol2SHnerduu+S7PgVpFKJsk6QcOK7tlaAuI=\n",
+            "<version>1.70.0.1</version>\n", '\tPassword: os.Getenv("DB_PASSWORD"),\n',
+            'password: ENV.fetch("DATABASE_PASSWORD") { "" },\n',
+            "self.password_digest = BCrypt::Password.create(new_password)\n",
+            "$SecurePassword = ConvertTo-SecureString $Password -AsPlainText -Force\n",
+            "define( 'DB_PASSWORD', 'password_here' );\n",
+            '{"db_password": "ENC[AES256_GCM,data:q1w2E3r4T5y6,iv:Zx8Cv7Bn6Mm5=,type:str]"}\n',
+            'KEY = bytes.fromhex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")\n',
+            'const stripe = Stripe("pk_test_TYooMQauvdEDq54NiTphI7jx");\n',
+            "our_role: If you're implementing a client, pass :data:`h11.CLIENT`.\n", "$pass = '-anonymous@'\n"]
+    docs = [_doc(text, f"s{i}") for i, text in enumerate(secrets)] + [_doc(t, f"k{i}") for i, t in enumerate(kept)]
+    assert stage.filter_batch(docs) == [True] * len(docs)
+    for doc, secret in zip(docs, secrets.values(), strict=False):
+        assert secret not in doc.text and doc.metadata["pii_redactions"] >= 1, doc.text
+    assert [doc.text for doc in docs[len(secrets):]] == kept
