@@ -64,7 +64,10 @@ CANDIDATE_LINE = "|".join((
     r"AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9]|npm_|github_pat_|hf_|AIza|sk-|shpat_|dop_v1_|xapp-|ya29\.|"
     r"NRAK-|PMAK-|AGE-SECRET-KEY-|LTAI|:APA91b|[?&]sig=|hvs\.|squ_|OpenVPN Static key|/api/webhooks/|"
     r"IncomingWebhook/|define\(\s*'\w+_(?:KEY|SALT)'|\|\s*sudo\s+-S|"
-    r"\b(?:name|key)[\"']?\s*[:=]|\bvalue[\"']?\s*:|<string>",  # a secret's name and value in two fields
+    # a secret's name and value in two fields: YAML/JSON `value:` after a name, elements named by an
+    # attribute, a plist's <string> after its <key> (a window holds the line before too)
+    r"^\s*(?:-\s*)?value:\s*\S|[\"']value[\"']\s*:\s*[\"']|<(?:property|entry|add|setting|param)\b[^>]*\b(?:name|key)=|"
+    r"^\s*<string>",
     _KEYWORD,
     r"^\s*(?:-\s+)?(?:export\s+)?[\w.-]*(?i:pass|pwd|secret|token)[\w.-]*\s*[=:]\s*\S",  # .env / YAML, any value
     r"[?&;](?i:[\w.-]*(?:pass|pwd|secret|token|key)[\w.-]*)=",  # query and connection strings
