@@ -391,10 +391,10 @@ class KeywordRecognizer(CodeRecognizer):
                 not text[end:match.start("op")].strip("\"' \t") and MIXED.search(match["quoted"]) is not None
             setting = match["op"] is not None and match["op"].isspace() and at_line_start and \
                 not text[match.end():line_bounds(text, match.end())[1]].strip()  # Gradle: `keyPassword "x"`
-            macro = setting or bool(_DEFINE.search(text, max(0, start - 40), start))
+            spaced = setting or bool(_DEFINE.search(text, max(0, start - 40), start))  # a space may be the operator
             callee = F.words(text[start:end].rsplit(".", 1)[-1])  # `ds.setPassword(`: the method's own words
             value = match["quoted"] or match["bare"]
-            if self.is_secret_name(names, match, quoted_name or line_key or object_key, macro, callee) \
+            if self.is_secret_name(names, match, quoted_name or line_key or object_key, spaced, callee) \
                     and self.is_secret_value(match, literal) and not names_itself(value, names):
                 yield value_span(match)
         for pattern in (XML_KEY_VALUE, NAMED_VALUE):
@@ -426,8 +426,9 @@ class KeywordRecognizer(CodeRecognizer):
         return len(value) >= self.MIN_LENGTH and value.lower() not in self.PLACEHOLDERS and not F.is_templated(value)
 
     def is_secret_name(self, names: list[str], match: re.Match | None = None, key: bool = False,
-                       macro: bool = False, callee: list[str] | None = None) -> bool:
-        """`key`: the name is plainly a key (quoted, or a config line's: `pass = x` in an INI file)."""
+                       spaced: bool = False, callee: list[str] | None = None) -> bool:
+        """`key`: the name is plainly a key (quoted, or a config line's: `pass = x` in an INI file); `spaced`: a
+        space may stand for the operator (`#define DB_PASSWORD "x"`, Gradle's `keyPassword "x"`)."""
         first = next((i for i, w in enumerate(names) if self.is_keyword(w)), len(names))
         if not names or any(w in self.META_WORDS and not (w in AFTER_ONLY_META and i < first)
                             for i, w in enumerate(names)):  # a (key)storePassword is a password, a password_store not
@@ -436,7 +437,7 @@ class KeywordRecognizer(CodeRecognizer):
         if op == "(" and not (len(names) == 1 or (callee or names)[0] in SETTER_WORDS):
             return False  # password("..."), setPassword("..."), ds.setPassword("...") yes; check_password("...") no
         alone = len(names) == 1 and names[0] in ("password", "passwd")
-        if op is not None and op.isspace() and not (macro or alone):
+        if op is not None and op.isspace() and not (spaced or alone):
             return False  # SQL `PASSWORD 'x'`, not prose ("pass 'index' instead"); `#define DB_PASSWORD "x"` is
         return self.has_keyword(names, key)
 
