@@ -214,20 +214,28 @@ def _humaneval_item(row: dict, path: Path, line_no: int) -> BenchmarkItem:
         prompt, solution, test, task_id = row["prompt"], row["canonical_solution"], row["test"], row["task_id"]
     except KeyError as e:
         raise UserError(f"{path}: task {line_no} has no field {e.args[0]!r}") from None
+    source = prompt + solution
     try:
-        tree = ast.parse(prompt + solution)
+        documented = [node for node in ast.walk(ast.parse(source)) if isinstance(node, _DEFINITIONS)
+                      and ast.get_docstring(node, clean=False)]
     except SyntaxError:
-        tree = None
-    nodes = [node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-             and ast.get_docstring(node, clean=False)] if tree else []
-    docstrings = tuple(ast.get_docstring(node, clean=False) for node in nodes)
-    lines = (prompt + solution).splitlines()
-    for node in nodes:  # blank out each docstring's lines
-        first = node.body[0]
-        lines[first.lineno - 1:first.end_lineno] = [""] * (first.end_lineno - first.lineno + 1)
-    signature_and_body = "\n".join(line for line in lines if line.strip()) if nodes else ""
+        documented = []
+    docstrings = tuple(ast.get_docstring(node, clean=False) for node in documented)
+    signature_and_body = _without_docstrings(source, documented) if documented else ""
     return BenchmarkItem(HUMANEVAL, str(task_id), docstrings,
                          tuple(s for s in (prompt, solution, test, signature_and_body) if s.strip()))
+
+
+_DEFINITIONS = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+
+
+def _without_docstrings(source: str, documented: list[ast.AST]) -> str:
+    """`source` without the docstring lines of its `documented` definitions, and without blank lines."""
+    lines = source.splitlines()
+    for node in documented:  # blanked, not deleted: the other nodes' line numbers stay right
+        first = node.body[0]
+        lines[first.lineno - 1:first.end_lineno] = [""] * (first.end_lineno - first.lineno + 1)
+    return "\n".join(line for line in lines if line.strip())
 
 
 def add_to_cache(name: str, source: Path) -> tuple[Path, int]:

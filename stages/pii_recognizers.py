@@ -399,7 +399,7 @@ class KeywordRecognizer(CodeRecognizer):
                 yield value_span(match)
         for pattern in (XML_KEY_VALUE, NAMED_VALUE):
             for match in pattern.finditer(text):
-                k = next(k for k in ("", "2", "3", "4") if match.groupdict().get(f"name{k}") is not None)
+                k = match.lastgroup.removeprefix("value")  # each alternative names its own name{k}, value{k}
                 if self.is_secret_name(F.words(match[f"name{k}"]), key=True) and self.is_plain(match[f"value{k}"]):
                     yield match.span(f"value{k}")
 

@@ -4,8 +4,9 @@ Those stages only ever see the records that arrive there (promoted back from a d
 setting them up costs seconds (presidio's import, the decontamination index), as does importing
 matplotlib for the card. A forked process does that on the second core from the start of the apply,
 while the main process catalogs the release and rewrites its shards; then it runs the stages on the
-arrivals and renders the card. When nothing arrives it is stopped at once (its work would only compete
-with the main process) and the card is rendered in the main process. A failure in it reaches the
+arrivals and draws the card's plots of `stats.json` while the main process writes the rest of the card.
+When nothing arrives it is stopped at once (its work would only compete with the main process) and the
+whole card is written in the main process. A failure in it reaches the
 caller through the calls that wait for its results (nothing is swallowed).
 """
 
@@ -36,7 +37,7 @@ def _run(rows: list[dict]) -> Results:
 
 
 class TailHelper:
-    """One spawned process working through its jobs in order: prepare, run the stages, write the card."""
+    """One forked process working through its jobs in order: prepare, run the stages, draw the stats plots."""
 
     def __init__(self):
         """Forked first thing, before the apply starts threads or opens DuckDB: the child has the
